@@ -1,0 +1,38 @@
+# Two commands for a new user:  `make train`  and  `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# The torch that `make setup` installs; GPU users who installed their own pass TORCH= (empty).
+TORCH ?= torch==2.13.0
+
+.PHONY: setup train test test-all lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(TORCH),$(BIN)/python -m pip install -q "$(TORCH)")
+	$(BIN)/python -m pip install -q -e ".[dev]" $(if $(TORCH),-c constraints.txt)
+	touch $@
+
+setup: $(VENV)/.installed
+
+train: setup  ## set up, then train the default model (pass overrides with ARGS="d_model=128")
+	$(BIN)/python -m trainer $(ARGS)
+
+test: setup  ## set up, then run the fast test suite and the linter
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-all: setup  ## every test, the slow ones too
+	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
+
+lint: setup
+	$(BIN)/python -m ruff check .
+
+bench: setup
+	$(BIN)/python scripts/bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

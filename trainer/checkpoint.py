@@ -1,0 +1,93 @@
+"""Checkpoints: written atomically, read back safely, complete enough to resume exactly.
+
+A checkpoint is one `torch.save`d dict. It keeps the book's two keys, `model_state_dict` and
+`h_params`, so the book's loader still works, and adds what an exact resume needs: the
+optimizer, the step, every RNG state, the best valid loss, the vocabulary mapping and the
+W&B run id. Every load uses `weights_only=True`, so a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.errors import UserError
+
+CKPT_NAME = "model.ckpt"
+
+
+def save(state: dict[str, Any], path: Path) -> None:
+    """Write to a temp file in the same dir, fsync, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def resolve(path_or_run_dir: str | os.PathLike, key: str = "checkpoint") -> Path:
+    """A checkpoint file, or the model.ckpt inside a run dir; `key` names the culprit in errors."""
+    path = Path(path_or_run_dir)
+    if path.is_dir():
+        path = path / CKPT_NAME
+    if not path.is_file():
+        raise UserError(f"{key}={path_or_run_dir}: no checkpoint there (expected a run dir or a .ckpt file)")
+    return path
+
+
+def load(path_or_run_dir: str | os.PathLike, key: str = "checkpoint") -> dict[str, Any]:
+    """torch.load with weights_only=True, turning every failure into one clear line."""
+    path = resolve(path_or_run_dir, key)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in str(e):
+            raise UserError(f"{path}: refused: the checkpoint carries pickled code or objects that "
+                            f"weights_only loading does not allow") from None
+        raise UserError(f"{path}: corrupt checkpoint ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: corrupt or unreadable checkpoint ({first})") from None
+    if not isinstance(state, dict) or "model_state_dict" not in state or "h_params" not in state:
+        raise UserError(f"{path}: not a trainer checkpoint (no model_state_dict / h_params)")
+    return state
+
+
+def capture_rng(batch_generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG a step draws from (dropout uses torch's global one), as weights_only-safe values."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+        "batches": batch_generator.get_state(),
+    }
+
+
+def restore_rng(rng: dict[str, Any], batch_generator: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(rng["python"])
+    batch_generator.set_state(rng["batches"])

@@ -1,0 +1,153 @@
+"""The typed schema of the composed config, and the checks a type alone cannot express.
+
+Hydra composes `conf/config.yaml` on top of `TrainConfig` (registered as `base_config`), so
+`d_model=abc` fails at compose time with the key's name. `validate()` adds the checks that
+relate values (d_model % num_heads) or ranges (dropout in [0, 1)), before any work is done.
+
+The hyperparameters sit flat at the root under the book's names; tooling settings that are
+not hyperparameters live in nested nodes (`wandb.*`) or are listed in `NOT_H_PARAMS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from trainer.errors import UserError
+
+
+class Optimizer(str, Enum):
+    adamw = "adamw"
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class LRSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class Dtype(str, Enum):
+    auto = "auto"  # bf16 autocast where the device supports it (CUDA), else float32
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "gpt-trainer"
+    entity: Optional[str] = None
+    # online | offline | disabled; null = online when logged in (or WANDB_API_KEY set), else offline
+    mode: Optional[str] = None
+    group: Optional[str] = None  # null = the sweep's dir name, so one sweep is one group
+    name: Optional[str] = None  # null = the job's overrides, e.g. "learning_rate=0.0003"
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    # model (conf/model/*)
+    d_model: int = 80
+    num_blocks: int = 6
+    num_heads: int = 4
+    context_length: int = 128
+    dropout: float = 0.1
+    tie_weights: bool = False
+    # optimizer (conf/optimizer/*)
+    optimizer: Optimizer = Optimizer.adamw
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.0
+    lr_schedule: LRSchedule = LRSchedule.constant
+    warmup_iters: int = 0
+    min_lr: float = 0.0
+    grad_clip: float = 0.0  # 0 = no clipping
+    gradient_accumulation_steps: int = 1
+    # data (conf/data/*)
+    data_path: Optional[str] = MISSING  # null = the generated synthetic PR-titles corpus
+    text_column: Optional[str] = None  # null = read the file raw, as the book does
+    train_split: float = 0.9
+    encoding: str = "cl100k_base"
+    vocab_compaction: bool = True  # train over only the token ids present in the corpus
+    # training loop (the book's defaults)
+    batch_size: int = 2
+    max_iters: int = 500
+    eval_interval: int = 50
+    eval_iters: int = 10
+    TORCH_SEED: int = 1337
+    # device (conf/device/*)
+    device: Device = Device.auto
+    dtype: Dtype = Dtype.auto
+    compile: bool = False
+    num_threads: int = 0  # CPU threads for torch; 0 = decide from the cores and parallel jobs
+    # run management (not hyperparameters)
+    checkpoint_interval: int = 0  # 0 = at every eval
+    resume: Optional[str] = None  # a run dir, a checkpoint file, or "auto"
+    progress: Optional[bool] = None  # null = a progress bar when attached to a terminal
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+# Root keys that steer the tooling, not the model or its training: kept out of h_params.
+NOT_H_PARAMS = frozenset({"resume", "progress", "checkpoint_interval", "wandb", "num_threads"})
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=TrainConfig)
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def h_params_of(cfg: DictConfig) -> dict[str, Any]:
+    """The flat dict of hyperparameters, resolved, under the book's names."""
+    root = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    return {k: _plain(v) for k, v in root.items() if k not in NOT_H_PARAMS and k != "hydra"}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise UserError naming the first bad key; the types were checked at compose time."""
+
+    if OmegaConf.is_missing(cfg, "data_path"):
+        raise UserError("data_path: missing: data=text needs a file, e.g. data=text data_path=corpus.txt")
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise UserError(f"{key}={OmegaConf.select(cfg, key)}: {what}")
+
+    for key in ("d_model", "num_blocks", "num_heads", "context_length", "batch_size", "max_iters",
+                "eval_interval", "eval_iters", "gradient_accumulation_steps"):
+        need(cfg[key] > 0, key, "must be a positive integer")
+    for key in ("warmup_iters", "checkpoint_interval", "num_threads"):
+        need(cfg[key] >= 0, key, "must be zero or a positive integer")
+    need(cfg.d_model % cfg.num_heads == 0, "d_model",
+         f"must be divisible by num_heads={cfg.num_heads}")
+    need(0.0 <= cfg.dropout < 1.0, "dropout", "must be in [0, 1)")
+    need(cfg.learning_rate > 0, "learning_rate", "must be positive")
+    need(0.0 <= cfg.min_lr <= cfg.learning_rate, "min_lr", "must be in [0, learning_rate]")
+    need(cfg.weight_decay >= 0, "weight_decay", "must be zero or positive")
+    need(0.0 <= cfg.beta1 < 1.0, "beta1", "must be in [0, 1)")
+    need(0.0 <= cfg.beta2 < 1.0, "beta2", "must be in [0, 1)")
+    need(cfg.eps > 0, "eps", "must be positive")
+    need(0.0 <= cfg.momentum < 1.0, "momentum", "must be in [0, 1)")
+    need(cfg.grad_clip >= 0, "grad_clip", "must be zero (off) or positive")
+    need(0.0 < cfg.train_split < 1.0, "train_split", "must be between 0 and 1")
+    need(cfg.warmup_iters <= cfg.max_iters, "warmup_iters", f"must not exceed max_iters={cfg.max_iters}")
+    mode = cfg.wandb.mode
+    need(mode in (None, "online", "offline", "disabled"), "wandb.mode",
+         "must be online, offline, disabled or null")

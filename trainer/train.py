@@ -1,0 +1,269 @@
+"""The training loop: the book's four steps (forward, loss, backward, update), repeated.
+
+Everything around the four steps is bookkeeping: evaluate on fixed batches every
+eval_interval steps and at the end, write each eval to metrics.jsonl (and W&B), save a full
+checkpoint atomically, stop clearly on a NaN, and resume bit-exactly from any checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from trainer import checkpoint, distributed
+from trainer.config import h_params_of, validate
+from trainer.data import BatchSampler, Corpus, fixed_eval_windows, load_corpus
+from trainer.device import autocast, autocast_dtype, configure, peak_flops, resolve_device
+from trainer.errors import UserError
+from trainer.model import GPT
+from trainer.optim import build_optimizer, learning_rate_at
+from trainer.tracking import MetricsLog, WandbRun
+
+log = logging.getLogger("trainer")
+
+# Keys whose change makes a checkpoint's weights meaningless for the requested model.
+SHAPE_KEYS = ("vocab_size", "d_model", "num_blocks", "num_heads", "context_length", "tie_weights")
+
+
+class Diverged(UserError):
+    """The loss became NaN or Inf: the run stops, the last good checkpoint stays."""
+
+    exit_code = 3
+
+
+@dataclass
+class RunInfo:
+    """What the launcher knows about this job: for W&B grouping and thread sharing."""
+
+    group: str = ""  # the sweep this job belongs to ("" for a single run)
+    name: str = ""  # the job's overrides, e.g. "learning_rate=0.0003"
+    parallel_jobs: int = 1  # jobs running side by side on this machine
+
+
+def train_flops_per_token(model: GPT, h: dict[str, Any]) -> float:
+    """6 FLOPs per weight (the embedding lookup is free) plus attention's 12 * L * T * C."""
+    n = model.num_params() - model.tok.weight.numel()
+    if model.head.weight is model.tok.weight:
+        n += model.tok.weight.numel()
+    return 6 * n + 12 * h["num_blocks"] * h["context_length"] * h["d_model"]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device, amp: Optional[torch.dtype], rows_per_forward: int,
+             d: distributed.Dist) -> dict[str, float]:
+    """Mean loss over each split's fixed windows, in eval mode (no dropout); ranks share the work."""
+    model.eval()
+    out = {}
+    for split, (x, y) in eval_sets.items():
+        rows = torch.arange(d.rank, len(x), d.world_size)  # this rank's share of the windows
+        total = torch.zeros(2, device=device)  # (sum of losses, number of rows)
+        for chunk in rows.split(rows_per_forward):
+            xb, yb = x[chunk].to(device), y[chunk].to(device)
+            with autocast(device, amp):
+                _, loss = model(xb, yb)
+            total += torch.stack([loss.float() * len(chunk), torch.tensor(float(len(chunk)), device=device)])
+        total = distributed.mean(total, d)
+        out[split] = (total[0] / total[1]).item()
+    model.train()
+    return out
+
+
+def _check_resume(state: dict[str, Any], h: dict[str, Any], where: str) -> None:
+    for key in SHAPE_KEYS:
+        if state["h_params"].get(key) != h.get(key):
+            raise UserError(f"resume={where}: the checkpoint's {key}={state['h_params'].get(key)} "
+                            f"does not match this run's {key}={h.get(key)}")
+    if state["h_params"].get("world_size", 1) != h["world_size"]:
+        raise UserError(f"resume={where}: the checkpoint was trained with world_size="
+                        f"{state['h_params'].get('world_size', 1)}, this run has {h['world_size']}")
+
+
+def train(cfg: DictConfig, run_dir: Path, info: Optional[RunInfo] = None) -> dict[str, Any]:
+    """Train as cfg says, writing into run_dir; return the run's summary (best_valid_loss, ...)."""
+    info = info or RunInfo()
+    validate(cfg)
+    device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
+    resume_state = checkpoint.load(cfg.resume, key="resume") if cfg.resume else None  # fails before any work
+    d, device = distributed.setup(device)
+    try:
+        return _train(cfg, Path(run_dir), info, device, d, resume_state)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, d: distributed.Dist,
+           resume_state: Optional[dict[str, Any]]) -> dict[str, Any]:
+    threads = configure(device, cfg.num_threads, info.parallel_jobs)
+    seed = cfg.TORCH_SEED
+    torch.manual_seed(seed)
+    corpus: Corpus = load_corpus(cfg.data_path, cfg.text_column, cfg.encoding, cfg.train_split,
+                                 cfg.context_length, cfg.vocab_compaction)
+    h = h_params_of(cfg)
+    h.update(device=device.type, max_token_value=corpus.max_token_value, vocab_size=corpus.vocab_size,
+             world_size=d.world_size,
+             effective_batch_size=cfg.batch_size * cfg.gradient_accumulation_steps * d.world_size)
+    if resume_state is not None:
+        _check_resume(resume_state, h, cfg.resume)
+
+    torch.manual_seed(seed)  # the same initial weights on every rank and for every resume
+    model = GPT(h).to(device)
+    raw_model = model  # what gets saved: never the compiled or DDP wrapper (their keys differ)
+    optimizer = build_optimizer(cfg, model, device)
+    sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, seed + d.rank)
+    n_eval = cfg.eval_iters * cfg.batch_size
+    eval_sets = {"train": fixed_eval_windows(corpus.train, n_eval, cfg.context_length, seed + 1),
+                 "valid": fixed_eval_windows(corpus.valid, n_eval, cfg.context_length, seed + 2)}
+    rows_per_forward = max(1, 16384 // cfg.context_length)
+    amp = autocast_dtype(device, str(cfg.dtype.value if hasattr(cfg.dtype, "value") else cfg.dtype))
+
+    start_step, best, elapsed_before, wandb_id = 0, math.inf, 0.0, None
+    if resume_state is not None:
+        raw_model.load_state_dict(resume_state["model_state_dict"])
+        optimizer.load_state_dict(resume_state["optimizer_state_dict"])
+        checkpoint.restore_rng(resume_state["rng"][d.rank] if isinstance(resume_state["rng"], list)
+                               else resume_state["rng"], sampler.generator)
+        start_step = resume_state["step"]
+        best = resume_state.get("best_valid_loss", math.inf)
+        elapsed_before = resume_state.get("elapsed_s", 0.0)
+        wandb_id = resume_state.get("wandb_run_id")
+        log.info("Resuming from %s at step %d", cfg.resume, start_step)
+
+    if cfg.compile:
+        model = torch.compile(model)
+    if d.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    flops_per_token = train_flops_per_token(raw_model, h)
+    peak = peak_flops(device)
+    tokens_per_step = cfg.batch_size * cfg.context_length * cfg.gradient_accumulation_steps * d.world_size
+    ckpt_path = run_dir / checkpoint.CKPT_NAME
+    metrics = MetricsLog(run_dir, keep_up_to_step=start_step if resume_state else None) if d.is_main else None
+    tracker = None
+    if d.is_main and cfg.wandb.enabled:
+        tracker = WandbRun(cfg.wandb, run_dir, h, group=info.group, name=info.name or run_dir.name,
+                           resume_id=wandb_id)
+    if d.is_main:
+        log.info("%s on %s (%d threads): %s parameters, %s tokens (vocab %s of %s ids), run dir %s",
+                 "Resuming" if resume_state else "Training", device, threads, f"{raw_model.num_params():,}",
+                 f"{corpus.n_tokens:,}", f"{corpus.vocab_size:,}", f"{corpus.max_token_value:,}", run_dir)
+
+    def save(step: int, losses: dict[str, float]) -> None:
+        rng = [checkpoint.capture_rng(sampler.generator)]
+        if d.enabled:  # every rank's batch sampler state, so a resumed rank draws what it would have
+            gathered = [None] * d.world_size
+            torch.distributed.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if not d.is_main:
+            return
+        checkpoint.save({
+            "model_state_dict": raw_model.state_dict(),
+            "h_params": h,
+            "optimizer_state_dict": optimizer.state_dict(),
+            "step": step,
+            "best_valid_loss": best,
+            "last_losses": losses,
+            "rng": rng if d.enabled else rng[0],
+            "vocab": corpus.vocab,
+            "wandb_run_id": tracker.id if tracker else wandb_id,
+            "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
+            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        }, ckpt_path)
+
+    show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+    bar = None
+    if d.is_main and show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_iters, initial=start_step, unit="step", dynamic_ncols=True, leave=False)
+    exit_code, summary = 1, {"best_valid_loss": best}
+    t_start = t_window = time.perf_counter()
+    train_time, window_tokens, tokens_per_s = 0.0, 0, 0.0
+    last = dict(resume_state.get("last_losses", {})) if resume_state else {}
+    try:
+        step = start_step
+        while True:
+            lr = learning_rate_at(step, cfg)
+            resumed_here = resume_state is not None and step == start_step
+            if not resumed_here and (step % cfg.eval_interval == 0 or step == cfg.max_iters):
+                train_time += time.perf_counter() - t_window
+                tokens_per_s = window_tokens / train_time if train_time > 0 else 0.0
+                last = evaluate(model, eval_sets, device, amp, rows_per_forward, d)
+                if not all(math.isfinite(v) for v in last.values()):
+                    _diverged(step, lr, last, ckpt_path)
+                best = min(best, last["valid"])
+                row = {"step": step, "train_loss": last["train"], "valid_loss": last["valid"],
+                       "learning_rate": lr, "tokens_per_s": round(tokens_per_s, 1),
+                       "elapsed_s": round(elapsed_before + time.perf_counter() - t_start, 3)}
+                if peak:
+                    row["mfu"] = round(tokens_per_s * flops_per_token / d.world_size / peak, 4)
+                if d.is_main:
+                    line = (f"Step: {step}, Training Loss: {last['train']:.3f}, "
+                            f"Validation Loss: {last['valid']:.3f}")
+                    bar.write(line) if bar else print(line, flush=True)
+                    log.debug(line)
+                    metrics.write(row)
+                    if tracker:
+                        tracker.log(row)
+                due = cfg.checkpoint_interval == 0 or step % cfg.checkpoint_interval == 0
+                if due or step == cfg.max_iters:
+                    save(step, last)
+                train_time, window_tokens, t_window = 0.0, 0, time.perf_counter()
+            elif cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 and not resumed_here:
+                save(step, last)
+            if step >= cfg.max_iters:
+                break
+
+            # The four steps: forward pass -> loss -> backpropagation -> parameter update.
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(cfg.gradient_accumulation_steps):
+                x, y = sampler.next()  # (B, T) each
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                inner = micro < cfg.gradient_accumulation_steps - 1
+                sync = model.no_sync() if d.enabled and inner else contextlib.nullcontext()
+                with sync:
+                    with autocast(device, amp):
+                        _, loss = model(x, y)
+                    (loss / cfg.gradient_accumulation_steps).backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_tokens += tokens_per_step
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                _diverged(step, lr, {"train": loss_value}, ckpt_path)
+            if bar:
+                rate = window_tokens / max(1e-9, train_time + time.perf_counter() - t_window)
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
+                bar.update(1)
+        exit_code = 0
+        summary = {"best_valid_loss": best, "final_valid_loss": last.get("valid"),
+                   "final_train_loss": last.get("train"), "steps": step,
+                   "tokens_per_s": tokens_per_s, "wall_s": round(time.perf_counter() - t_start, 3)}
+        return summary
+    finally:
+        if bar:
+            bar.close()
+        if metrics:
+            metrics.close()
+        if tracker:
+            tracker.finish(exit_code, summary)
+
+
+def _diverged(step: int, lr: float, losses: dict[str, float], ckpt_path: Path) -> None:
+    kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was saved yet"
+    which = ", ".join(f"{k} loss {v}" for k, v in losses.items())
+    raise Diverged(f"learning_rate={lr:g}: training diverged at step {step} ({which}); {kept}")
