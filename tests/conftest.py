@@ -27,7 +27,9 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def env(cache_dir) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    e.update(TRAINER_CACHE_DIR=str(cache_dir), WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    # PYTHONPATH: subprocesses import this checkout's trainer, whatever the venv's editable install points at
+    e.update(TRAINER_CACHE_DIR=str(cache_dir), WANDB_SILENT="true", PYTHONUNBUFFERED="1",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     e.pop("RANK", None)
     e.pop("WORLD_SIZE", None)
     return e
