@@ -1,0 +1,95 @@
+"""The config: Hydra composes the groups into the book's flat names, typed and validated."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf.errors import ValidationError
+
+from trainer.cli import CONF_DIR
+from trainer.config import h_params_of, register_configs, validate
+from trainer.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def make_cfg():
+    register_configs()
+
+    def make(*overrides: str):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+
+    return make
+
+
+def test_defaults_are_the_books(make_cfg):
+    h = h_params_of(make_cfg())
+    assert {k: h[k] for k in ("d_model", "num_blocks", "num_heads", "context_length", "dropout")} == \
+        {"d_model": 80, "num_blocks": 6, "num_heads": 4, "context_length": 128, "dropout": 0.1}
+    assert {k: h[k] for k in ("batch_size", "max_iters", "eval_interval", "eval_iters", "TORCH_SEED")} == \
+        {"batch_size": 2, "max_iters": 500, "eval_interval": 50, "eval_iters": 10, "TORCH_SEED": 1337}
+    assert h["learning_rate"] == 1e-3 and h["optimizer"] == "adamw"
+    assert h["encoding"] == "cl100k_base" and h["train_split"] == 0.9 and h["data_path"] is None
+    assert h["device"] == "auto"
+
+
+def test_hyperparameters_are_flat_and_tooling_is_nested(make_cfg):
+    cfg = make_cfg()
+    h = h_params_of(cfg)
+    assert all(not isinstance(v, dict) for v in h.values())
+    assert "wandb" not in h and "resume" not in h and cfg.wandb.enabled is False
+
+
+@pytest.mark.parametrize("model, shape", [("tiny", (80, 6, 4, 128)), ("small", (256, 12, 8, 256)),
+                                          ("gpt2", (768, 12, 12, 1024))])
+def test_model_presets(make_cfg, model, shape):
+    cfg = make_cfg(f"model={model}")
+    assert (cfg.d_model, cfg.num_blocks, cfg.num_heads, cfg.context_length) == shape
+    validate(cfg)
+
+
+def test_small_preset_has_about_10m_non_embedding_params(make_cfg):
+    from trainer.model import GPT
+
+    h = h_params_of(make_cfg("model=small"))
+    h["vocab_size"] = 100
+    assert 9e6 < GPT(h).num_params(non_embedding=True) < 11e6
+
+
+def test_book_names_override_from_the_command_line(make_cfg):
+    cfg = make_cfg("model=small", "learning_rate=3e-4", "d_model=128")
+    assert cfg.d_model == 128 and cfg.num_blocks == 12 and cfg.learning_rate == 3e-4
+
+
+@pytest.mark.parametrize("optimizer, knob", [("adamw", "weight_decay"), ("adam", "beta2"), ("sgd", "momentum")])
+def test_optimizer_presets(make_cfg, optimizer, knob):
+    cfg = make_cfg(f"optimizer={optimizer}")
+    assert cfg.optimizer.value == optimizer and knob in cfg
+
+
+def test_data_presets(make_cfg):
+    cfg = make_cfg("data=github_pr_titles")
+    assert cfg.data_path == "data/github_pr_titles.csv" and cfg.text_column == "title"
+    cfg = make_cfg("data=text", "data_path=corpus.txt")
+    assert cfg.data_path == "corpus.txt" and cfg.text_column is None
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "mps"])
+def test_device_presets(make_cfg, device):
+    assert make_cfg(f"device={device}").device.value == device
+
+
+def test_types_are_checked_at_compose_time(make_cfg):
+    with pytest.raises(Exception) as e:
+        make_cfg("d_model=abc")
+    assert isinstance(e.value.__cause__ or e.value, ValidationError)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("d_model=81", "d_model"), ("learning_rate=0", "learning_rate"), ("batch_size=0", "batch_size"),
+    ("context_length=-1", "context_length"), ("max_iters=0", "max_iters"), ("dropout=1.0", "dropout"),
+    ("dropout=-0.1", "dropout"), ("train_split=1.0", "train_split"),
+])
+def test_validation_names_the_key(make_cfg, override, key):
+    with pytest.raises(UserError, match=f"^{key}="):
+        validate(make_cfg(override))
