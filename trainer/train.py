@@ -181,11 +181,14 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
         }, ckpt_path)
 
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
-    bar = None
+    bar, stack = None, contextlib.ExitStack()
     if d.is_main and show_bar:
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
-        bar = tqdm(total=cfg.max_iters, initial=start_step, unit="step", dynamic_ncols=True, leave=False)
+        bar = stack.enter_context(tqdm(total=cfg.max_iters, initial=start_step, unit="step",
+                                       dynamic_ncols=True, leave=False))
+        stack.enter_context(logging_redirect_tqdm())  # log lines print above the bar, not through it
     exit_code, summary = 1, {"best_valid_loss": best}
     t_start = t_window = time.perf_counter()
     train_time, window_tokens, tokens_per_s = 0.0, 0, 0.0
@@ -210,8 +213,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
                 if d.is_main:
                     line = (f"Step: {step}, Training Loss: {last['train']:.3f}, "
                             f"Validation Loss: {last['valid']:.3f}")
-                    bar.write(line) if bar else print(line, flush=True)
-                    log.debug(line)
+                    log.info(line)  # stdout and the run's train.log
                     metrics.write(row)
                     if tracker:
                         tracker.log(row)
@@ -255,8 +257,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
                    "tokens_per_s": tokens_per_s, "wall_s": round(time.perf_counter() - t_start, 3)}
         return summary
     finally:
-        if bar:
-            bar.close()
+        stack.close()
         if metrics:
             metrics.close()
         if tracker:
