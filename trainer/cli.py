@@ -42,6 +42,10 @@ _FRESH_DIR_ENV = "TRAINER_FRESH_RUN_DIR"  # the dir made for this run, removed i
 # ----------------------------------------------------------------------------- the command line
 
 
+_NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                 "--resolve", "--package", "-p"}
+
+
 def _value_of(argv: list[str], key: str) -> Optional[str]:
     for arg in argv:
         if arg.startswith(f"{key}="):
@@ -84,6 +88,8 @@ def _find_auto_resume(overrides: list[str]) -> Path:
 def prepare_argv(argv: list[str]) -> list[str]:
     """The overrides Hydra should see: user's, plus the run dir (and resume) decisions above."""
     multirun = "-m" in argv or "--multirun" in argv
+    if any(a.split("=")[0] in _NO_RUN_FLAGS for a in argv):
+        return argv  # Hydra only prints (help, config, info): no run, so no run dir
     overrides = [a for a in argv if not a.startswith("-")]
     extra: list[str] = []
     resume = _value_of(overrides, "resume")
