@@ -149,7 +149,7 @@ def plot(runs: list[Run], out: Path, title: str) -> Path:
     matplotlib.use("Agg")  # files only: no display needed, none opened
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True, constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2 + 0.2 * len(runs)), sharey=True, layout="constrained")
     palette = plt.cm.tab10.colors if len(runs) <= 10 else plt.cm.viridis([i / len(runs) for i in range(len(runs))])
     for i, (run, color) in enumerate(zip(runs, palette, strict=False)):
         style = "-" if run.status == "ok" else "--"  # failed or unfinished runs: dashed
@@ -167,7 +167,11 @@ def plot(runs: list[Run], out: Path, title: str) -> Path:
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("loss (cross-entropy)")
-    axes[1].legend(title="sorted by best valid loss", fontsize=8, title_fontsize=8, loc="best")
+    # Below the panels, never over the curves, however long the labels (several differing keys).
+    handles, labels = axes[1].get_legend_handles_labels()
+    longest = max((len(label) for label in labels), default=0)
+    fig.legend(handles, labels, loc="outside lower center", ncol=1 if longest > 45 else min(3, len(labels)),
+               title="sorted by best valid loss (failed or unfinished: dashed)", fontsize=8, title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
