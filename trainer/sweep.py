@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -126,12 +127,20 @@ def _number(value: Any) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def _hydra_job(job_dir: Path) -> dict[str, Any]:
+    """The `hydra.job` node of a job's saved hydra.yaml. Plain YAML, C-parsed: every job's end
+    reads every job's file, and OmegaConf.load takes 20x as long (~20 ms a file)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    data = yaml.load((job_dir / ".hydra" / "hydra.yaml").read_text(), Loader=loader) or {}
+    return (data.get("hydra") or {}).get("job") or {}
+
+
 def job_row(job_dir: Path, final: bool = False, sweep_dir: Optional[Path] = None) -> dict[str, Any]:
     """One job's line of the summary, from the files in its dir."""
-    hc = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra
+    job = _hydra_job(job_dir)
     row: dict[str, Any] = {
-        "job": OmegaConf.select(hc, "job.num", default=None),
-        "overrides": OmegaConf.select(hc, "job.override_dirname", default="") or "",
+        "job": job.get("num"),
+        "overrides": job.get("override_dirname") or "",
         "run_dir": os.path.relpath(job_dir, job_dir.parent if sweep_dir is None else sweep_dir),
         "error": "",
     }
