@@ -268,6 +268,13 @@ def _version(package: str) -> str:
     return version(package)
 
 
+def _sweep_dir(config: DictConfig) -> Path:
+    """The sweep dir, also from inside a job that chdir'ed into its own dir (hydra.job.chdir=true)."""
+    path = Path(config.hydra.sweep.dir)
+    cwd = OmegaConf.select(config, "hydra.runtime.cwd", default=None)
+    return path if path.is_absolute() or not cwd else Path(cwd) / path
+
+
 class SweepSummary(Callback):
     """Hydra callback: keeps `summary.csv` / `summary.md` current at the sweep root."""
 
@@ -285,12 +292,12 @@ class SweepSummary(Callback):
             if job_return.status == JobStatus.FAILED:
                 job_dir = Path(config.hydra.runtime.output_dir)
                 (job_dir / ERROR_NAME).write_text(_error_line(job_return) + "\n")
-            write_summary(Path(config.hydra.sweep.dir))
+            write_summary(_sweep_dir(config))
         except Exception as e:  # the summary is a convenience: it must never fail a job
             log.warning("sweep summary not written: %s", e)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir = _sweep_dir(config)
         try:
             rows = write_summary(sweep_dir, final=True)
         except Exception as e:
