@@ -102,7 +102,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
         return argv + ["hydra.run.dir=.", "hydra.output_subdir=null",
                        "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     if multirun:  # jobs named by what varies (learning_rate=0.001), not by what all share
-        extra += sweep.naming_overrides(overrides)
+        extra += sweep.sweep_overrides(overrides)
     now = datetime.now()
     if multirun and _value_of(overrides, "hydra.sweep.dir") is None:
         path = unique_dir(OUTPUTS / "multirun" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S"))

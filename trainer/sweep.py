@@ -50,6 +50,14 @@ def is_sweep(overrides: list[str]) -> bool:
     return any(o.startswith("hparams_search=") and o.split("=", 1)[1] not in ("", "null") for o in overrides)
 
 
+def sweep_overrides(overrides: list[str]) -> list[str]:
+    """What trainer.cli adds to a sweep's command line, once it has refused what cannot work."""
+    for o in overrides:
+        if o.startswith("hydra.sweeper.storage="):
+            check_storage(o.split("=", 1)[1])
+    return naming_overrides(overrides)
+
+
 def naming_overrides(overrides: list[str]) -> list[str]:
     """Leave the command line's fixed overrides out of each job's name (hydra.job.override_dirname).
 
@@ -59,9 +67,6 @@ def naming_overrides(overrides: list[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     task = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
-    for o in overrides:
-        if o.startswith("hydra.sweeper.storage="):
-            check_storage(o.split("=", 1)[1])
     if any(o.startswith("hydra.job.config.override_dirname.exclude_keys=") for o in overrides):
         return []  # the user's own choice
     try:
