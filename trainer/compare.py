@@ -200,7 +200,8 @@ def compare(paths: list[str], out: Optional[str] = None, plot_curves: bool = Tru
             png = Path(out)
             png = png / PLOT_NAME if png.is_dir() or not png.suffix else png
         else:
-            png = (parent if parent.is_dir() else parent.parent) / PLOT_NAME
+            # one path given (a sweep dir, a run dir): into it; several: into their common parent
+            png = (Path(paths[0]).resolve() if len(paths) == 1 else parent) / PLOT_NAME
         plot(runs, png, f"{len(runs)} runs under {parent}")
     return text, png
 
