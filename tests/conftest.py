@@ -15,7 +15,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 # A model small enough that a run of a few dozen steps takes a second or two on a laptop CPU.
 TINY = ["d_model=32", "num_blocks=2", "num_heads=2", "context_length=32", "batch_size=4",
-        "max_iters=20", "eval_interval=10", "eval_iters=2", "device=cpu"]
+        "max_iters=20", "eval_interval=10", "eval_iters=2", "device=cpu", "num_threads=1"]
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainer import checkpoint
+from trainer import checkpoint, sweep
 from trainer.config import register_configs
 from trainer.distributed import env_rank
 from trainer.errors import UserError
@@ -87,10 +87,10 @@ def _find_auto_resume(overrides: list[str]) -> Path:
 
 def prepare_argv(argv: list[str]) -> list[str]:
     """The overrides Hydra should see: user's, plus the run dir (and resume) decisions above."""
-    multirun = "-m" in argv or "--multirun" in argv
     if any(a.split("=")[0] in _NO_RUN_FLAGS for a in argv):
         return argv  # Hydra only prints (help, config, info): no run, so no run dir
     overrides = [a for a in argv if not a.startswith("-")]
+    multirun = "-m" in argv or "--multirun" in argv or sweep.is_sweep(overrides)
     extra: list[str] = []
     resume = _value_of(overrides, "resume")
     if resume and not multirun:
@@ -107,6 +107,8 @@ def prepare_argv(argv: list[str]) -> list[str]:
     if env_rank() > 0:  # torchrun: only rank 0 owns a run dir; the others write nothing
         return argv + ["hydra.run.dir=.", "hydra.output_subdir=null",
                        "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    if multirun:  # jobs named by what varies (learning_rate=0.001), not by what all share
+        extra += sweep.sweep_overrides(overrides)
     now = datetime.now()
     if multirun and _value_of(overrides, "hydra.sweep.dir") is None:
         path = unique_dir(OUTPUTS / "multirun" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S"))
@@ -154,19 +156,10 @@ def _fail(message: str, code: int) -> None:
 # ----------------------------------------------------------------------------- the Hydra task
 
 
-def _parallel_jobs(hc) -> int:
-    """How many jobs of this sweep share the machine (joblib's n_jobs; -1 means one per core)."""
-    n_jobs = OmegaConf.select(hc, "launcher.n_jobs")
-    if not isinstance(n_jobs, int) or n_jobs == 0:
-        return 1
-    cores = os.cpu_count() or 1
-    return n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
-
-
 def run_info(hc) -> RunInfo:
     multirun = hc.mode == RunMode.MULTIRUN
     group = "_".join(Path(hc.sweep.dir).parts[-2:]) if multirun else ""
-    return RunInfo(group=group, name=hc.job.override_dirname, parallel_jobs=_parallel_jobs(hc) if multirun else 1)
+    return RunInfo(group=group, name=hc.job.override_dirname, parallel_jobs=sweep.parallel_jobs(hc) if multirun else 1)
 
 
 def _remove_fresh_dir_if_unused() -> None:

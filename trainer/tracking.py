@@ -102,6 +102,6 @@ class WandbRun:
 
     def finish(self, exit_code: int, summary: dict[str, Any]) -> None:
         for k, v in summary.items():
-            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            if v is not None and not (isinstance(v, float) and not math.isfinite(v)):  # no inf before any eval
                 self.run.summary[k] = v
         self.run.finish(exit_code=exit_code)

@@ -260,8 +260,8 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
         stack.close()
         if metrics:
             metrics.close()
-        if tracker:
-            tracker.finish(exit_code, summary)
+        if tracker:  # a failed run still reports the best valid loss it reached
+            tracker.finish(exit_code, summary if exit_code == 0 else {"best_valid_loss": best})
 
 
 def _diverged(step: int, lr: float, losses: dict[str, float], ckpt_path: Path) -> None:

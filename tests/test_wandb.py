@@ -1,0 +1,116 @@
+"""W&B in a sweep, offline: one run per job, one group per sweep, read back from the .wandb files.
+
+One real sweep serves every check: its first job diverges (learning_rate=1e30 gives NaN at step 2,
+after W&B started), the next two train, so a failed job's run and the clean runs after it are
+both here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+from conftest import TINY, metrics
+from sweep_runs import job_dirs, run_module, sweep_dir, trainer_env
+from wandb_reader import offline_runs, read_run
+
+from trainer.tracking import wandb_mode
+
+LRS = (1e30, 1e-3, 3e-4)
+NAMES = ("learning_rate=1e+30", "learning_rate=0.001", "learning_rate=0.0003")
+
+
+@pytest.fixture(scope="module")
+def wandb_sweep(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("wandb-sweep")
+    # No API key and no netrc: the default mode must be offline, without touching the network.
+    env = trainer_env(cache_dir, NETRC=str(root / "no-netrc"))
+    proc = run_module("trainer", "-m", "learning_rate=1e30,1e-3,3e-4", *TINY, "num_threads=1",
+                      "wandb.enabled=true", cwd=root, env=env)
+    sweep = sweep_dir(root)
+    return proc, root, sweep, job_dirs(sweep)
+
+
+def runs_of(jobs):
+    return [read_run(offline_runs(job)[0]) for job in jobs]
+
+
+def test_the_sweep_reports_the_diverged_job_in_one_line(wandb_sweep):
+    proc, *_ = wandb_sweep
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: learning_rate=1e+30: training diverged at step")
+
+
+def test_each_job_dir_holds_exactly_one_offline_run(wandb_sweep):
+    _, root, _, jobs = wandb_sweep
+    assert len(jobs) == 3
+    for job in jobs:
+        (run_dir,) = offline_runs(job)
+        assert len(list(run_dir.glob("run-*.wandb"))) == 1
+    assert not (root / "wandb").exists()  # nothing lands in the launch dir
+
+
+def test_the_sweep_is_one_group_and_each_run_is_named_by_its_overrides(wandb_sweep):
+    _, _, sweep, jobs = wandb_sweep
+    runs = runs_of(jobs)
+    assert {r.group for r in runs} == {f"{sweep.parent.name}_{sweep.name}"}  # e.g. 2026-11-25_21-07-02
+    assert [r.name for r in runs] == list(NAMES)
+    assert len({r.id for r in runs}) == 3
+    assert {r.project for r in runs} == {"gpt-trainer"}
+
+
+def test_config_is_the_flat_h_params_with_each_jobs_learning_rate(wandb_sweep):
+    *_, jobs = wandb_sweep
+    for run, lr in zip(runs_of(jobs), LRS, strict=True):
+        assert run.config["learning_rate"] == lr
+        assert run.config["d_model"] == 32 and run.config["batch_size"] == 4 and run.config["device"] == "cpu"
+        assert "wandb" not in run.config and "resume" not in run.config
+        assert not any(isinstance(v, dict) for v in run.config.values())  # the book's flat names
+
+
+def test_history_has_every_eval_at_its_step_as_in_metrics_jsonl(wandb_sweep):
+    *_, jobs = wandb_sweep
+    for job, run in zip(jobs[1:], runs_of(jobs[1:]), strict=True):
+        rows = metrics(job)
+        assert [h["_step"] for h in run.history] == [r["step"] for r in rows] == [0, 10, 20]
+        for h, r in zip(run.history, rows, strict=True):
+            assert h["valid_loss"] == pytest.approx(r["valid_loss"])
+            assert h["train_loss"] == pytest.approx(r["train_loss"])
+            assert h["learning_rate"] == r["learning_rate"] and "tokens_per_s" in h
+        best = json.loads((job / "summary.json").read_text())["best_valid_loss"]
+        assert run.summary["best_valid_loss"] == pytest.approx(best)
+        assert run.exit_code == 0
+
+
+def test_a_failed_job_closes_its_run_as_failed_and_the_next_run_starts_clean(wandb_sweep):
+    *_, jobs = wandb_sweep
+    failed, after = runs_of(jobs[:2])
+    assert failed.exit_code == 1
+    assert [h["_step"] for h in failed.history] == [0]  # evaluated once, then diverged at step 2
+    assert math.isfinite(failed.summary["best_valid_loss"])  # the best it reached, not inf
+    # The next job's run is its own: its own id and config, and only its own history.
+    assert after.id != failed.id and after.exit_code == 0
+    assert after.config["learning_rate"] == 1e-3
+    assert [h["_step"] for h in after.history] == [0, 10, 20]
+
+
+def test_the_summary_lists_the_diverged_job_as_failed(wandb_sweep):
+    _, _, sweep, _ = wandb_sweep
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["overrides"], r["status"]) for r in rows] == [
+        (NAMES[0], "failed"), (NAMES[1], "ok"), (NAMES[2], "ok")]
+    assert "training diverged" in rows[0]["error"]
+    assert float(rows[0]["best_valid_loss"]) > 0  # from its metrics before it diverged
+
+
+def test_the_default_mode_is_offline_without_a_key_and_online_with_one(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert wandb_mode(None) == "offline"
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
+    assert wandb_mode(None) == "online"
+    assert wandb_mode("disabled") == "disabled"
