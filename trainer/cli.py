@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainer import checkpoint
 from trainer.config import register_configs
-from trainer.distributed import env_rank
+from trainer.distributed import env_rank, world_size
 from trainer.errors import UserError
 from trainer.train import RunInfo, train
 
@@ -81,12 +81,20 @@ def _find_auto_resume(overrides: list[str]) -> Path:
     raise UserError(f"resume=auto: no run under {OUTPUTS}/ has a checkpoint and this config")
 
 
+# Ranks other than 0 under torchrun: no .hydra/ dir, no train.log (the console only, warnings up).
+_QUIET_RANK = ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING",
+               "hydra/hydra_logging=disabled"]
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
     """The overrides Hydra should see: user's, plus the run dir (and resume) decisions above."""
     multirun = "-m" in argv or "--multirun" in argv
     overrides = [a for a in argv if not a.startswith("-")]
     extra: list[str] = []
     resume = _value_of(overrides, "resume")
+    if multirun and world_size() > 1:
+        raise UserError("--multirun under torchrun: launch one torchrun per sweep job instead "
+                        "(e.g. hydra/launcher=submitit_slurm), or run the sweep without torchrun")
     if resume and not multirun:
         others = [o for o in overrides if not o.startswith("resume=")]
         ckpt = checkpoint.resolve(_find_auto_resume(others) if resume == "auto" else resume, key="resume")
@@ -97,10 +105,9 @@ def prepare_argv(argv: list[str]) -> list[str]:
         argv = [a for a in argv if not a.startswith("resume=")]
         extra += original + [f"resume={ckpt}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
         argv = [a for a in argv if a.startswith("-")] + extra + [a for a in argv if not a.startswith("-")]
-        return argv
+        return argv + _QUIET_RANK if env_rank() > 0 else argv
     if env_rank() > 0:  # torchrun: only rank 0 owns a run dir; the others write nothing
-        return argv + ["hydra.run.dir=.", "hydra.output_subdir=null",
-                       "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+        return argv + ["hydra.run.dir=.", *_QUIET_RANK]
     now = datetime.now()
     if multirun and _value_of(overrides, "hydra.sweep.dir") is None:
         path = unique_dir(OUTPUTS / "multirun" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S"))
@@ -141,7 +148,8 @@ def _lines(text: str) -> str:
 
 def _fail(message: str, code: int) -> None:
     _remove_fresh_dir_if_unused()
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    if env_rank() == 0:  # under torchrun every rank meets the same mistake: say it once
+        print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
