@@ -83,9 +83,15 @@ def _check_resume(state: dict[str, Any], h: dict[str, Any], where: str) -> None:
         if state["h_params"].get(key) != h.get(key):
             raise UserError(f"resume={where}: the checkpoint's {key}={state['h_params'].get(key)} "
                             f"does not match this run's {key}={h.get(key)}")
-    if state["h_params"].get("world_size", 1) != h["world_size"]:
-        raise UserError(f"resume={where}: the checkpoint was trained with world_size="
-                        f"{state['h_params'].get('world_size', 1)}, this run has {h['world_size']}")
+
+
+def _check_world_size(state: dict[str, Any], where: str) -> None:
+    """Each rank resumes its own RNG state, so a distributed run resumes with as many ranks as it had."""
+    saved, now = state["h_params"].get("world_size", 1), distributed.world_size()
+    if saved != now:
+        how = f"{saved} ranks (e.g. torchrun --nproc_per_node={saved})" if saved > 1 else "a single process (no torchrun)"
+        raise UserError(f"resume={where}: the checkpoint was trained with world_size={saved}, this run has "
+                        f"world_size={now}; resume it with {how}")
 
 
 def train(cfg: DictConfig, run_dir: Path, info: Optional[RunInfo] = None) -> dict[str, Any]:
@@ -94,6 +100,8 @@ def train(cfg: DictConfig, run_dir: Path, info: Optional[RunInfo] = None) -> dic
     validate(cfg)
     device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
     resume_state = checkpoint.load(cfg.resume, key="resume") if cfg.resume else None  # fails before any work
+    if resume_state is not None:
+        _check_world_size(resume_state, cfg.resume)
     d, device = distributed.setup(device)
     try:
         run_dir = distributed.broadcast(str(run_dir), d)  # rank 0's: the only dir this job has
