@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainer import checkpoint, sweep
 from trainer.config import register_configs
-from trainer.distributed import env_rank
+from trainer.distributed import env_rank, world_size
 from trainer.errors import UserError
 from trainer.train import RunInfo, train
 
@@ -85,6 +85,11 @@ def _find_auto_resume(overrides: list[str]) -> Path:
     raise UserError(f"resume=auto: no run under {OUTPUTS}/ has a checkpoint and this config")
 
 
+# Ranks other than 0 under torchrun: no .hydra/ dir, no train.log (the console only, warnings up).
+_QUIET_RANK = ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING",
+               "hydra/hydra_logging=disabled"]
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
     """The overrides Hydra should see: user's, plus the run dir (and resume) decisions above."""
     if any(a.split("=")[0] in _NO_RUN_FLAGS for a in argv):
@@ -93,6 +98,9 @@ def prepare_argv(argv: list[str]) -> list[str]:
     multirun = "-m" in argv or "--multirun" in argv or sweep.is_sweep(overrides)
     extra: list[str] = []
     resume = _value_of(overrides, "resume")
+    if multirun and world_size() > 1:
+        raise UserError("--multirun under torchrun: launch one torchrun per sweep job instead "
+                        "(e.g. hydra/launcher=submitit_slurm), or run the sweep without torchrun")
     if resume and not multirun:
         others = [o for o in overrides if not o.startswith("resume=")]
         ckpt = checkpoint.resolve(_find_auto_resume(others) if resume == "auto" else resume, key="resume")
@@ -103,10 +111,9 @@ def prepare_argv(argv: list[str]) -> list[str]:
         argv = [a for a in argv if not a.startswith("resume=")]
         extra += original + [f"resume={ckpt}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
         argv = [a for a in argv if a.startswith("-")] + extra + [a for a in argv if not a.startswith("-")]
-        return argv
+        return argv + _QUIET_RANK if env_rank() > 0 else argv
     if env_rank() > 0:  # torchrun: only rank 0 owns a run dir; the others write nothing
-        return argv + ["hydra.run.dir=.", "hydra.output_subdir=null",
-                       "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+        return argv + ["hydra.run.dir=.", *_QUIET_RANK]
     if multirun:  # jobs named by what varies (learning_rate=0.001), not by what all share
         extra += sweep.sweep_overrides(overrides)
     now = datetime.now()
@@ -149,7 +156,8 @@ def _lines(text: str) -> str:
 
 def _fail(message: str, code: int) -> None:
     _remove_fresh_dir_if_unused()
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    if env_rank() == 0:  # under torchrun every rank meets the same mistake: say it once
+        print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 

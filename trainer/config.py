@@ -77,7 +77,7 @@ class TrainConfig:
     warmup_iters: int = 0
     min_lr: float = 0.0
     grad_clip: float = 0.0  # 0 = no clipping
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 1  # effective batch = batch_size x this x world_size (torchrun ranks)
     # data (conf/data/*)
     data_path: Optional[str] = MISSING  # null = the generated synthetic PR-titles corpus
     text_column: Optional[str] = None  # null = read the file raw, as the book does
@@ -88,7 +88,7 @@ class TrainConfig:
     batch_size: int = 2
     max_iters: int = 500
     eval_interval: int = 50
-    eval_iters: int = 10
+    eval_iters: int = 10  # each eval averages over this many effective batches of fixed windows
     TORCH_SEED: int = 1337
     # device (conf/device/*)
     device: Device = Device.auto

@@ -140,16 +140,27 @@ def windows(data: torch.Tensor, starts: torch.Tensor, context_length: int):
 
 
 class BatchSampler:
-    """Random training windows from a seeded generator whose state goes into checkpoints."""
+    """Random training windows from a seeded generator whose state goes into checkpoints.
 
-    def __init__(self, data: torch.Tensor, batch_size: int, context_length: int, seed: int):
+    Each optimizer step draws one global batch of batch_size x micro_steps x world_size windows,
+    the same on every rank (same seed), and each rank trains on its own slice: the ranks see
+    different windows, and how a global batch is split, over ranks or over gradient accumulation
+    steps, never changes which windows a step trains on. With one rank and one micro step this
+    draws exactly the book's batch_size random windows.
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, context_length: int, seed: int,
+                 micro_steps: int = 1, rank: int = 0, world_size: int = 1):
         self.data, self.batch_size, self.context_length = data, batch_size, context_length
+        self.micro_steps, self.rank, self.world_size = micro_steps, rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next(self):
-        starts = torch.randint(len(self.data) - self.context_length, (self.batch_size,),
-                               generator=self.generator)
-        return windows(self.data, starts, self.context_length)
+    def step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's micro-batches for one optimizer step: micro_steps pairs of (B, T) inputs, targets."""
+        n = self.batch_size * self.micro_steps * self.world_size
+        starts = torch.randint(len(self.data) - self.context_length, (n,), generator=self.generator)
+        mine = starts.view(self.micro_steps, self.world_size, self.batch_size)[:, self.rank]  # (micro, B)
+        return [windows(self.data, s, self.context_length) for s in mine]
 
 
 def fixed_eval_windows(data: torch.Tensor, n: int, context_length: int, seed: int):

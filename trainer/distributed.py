@@ -19,6 +19,7 @@ class Dist:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    local_world_size: int = 1  # ranks on this machine, which share its CPU cores
 
     @property
     def enabled(self) -> bool:
@@ -34,12 +35,17 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def world_size() -> int:
+    """How many ranks torchrun started (1 when not under torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group when launched by torchrun; return the rank info and this rank's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if world_size() <= 1:
         return Dist(), device
-    d = Dist(env_rank(), int(os.environ.get("LOCAL_RANK", "0")), world_size)
+    d = Dist(env_rank(), int(os.environ.get("LOCAL_RANK", "0")), world_size(),
+             int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)

@@ -83,9 +83,15 @@ def _check_resume(state: dict[str, Any], h: dict[str, Any], where: str) -> None:
         if state["h_params"].get(key) != h.get(key):
             raise UserError(f"resume={where}: the checkpoint's {key}={state['h_params'].get(key)} "
                             f"does not match this run's {key}={h.get(key)}")
-    if state["h_params"].get("world_size", 1) != h["world_size"]:
-        raise UserError(f"resume={where}: the checkpoint was trained with world_size="
-                        f"{state['h_params'].get('world_size', 1)}, this run has {h['world_size']}")
+
+
+def _check_world_size(state: dict[str, Any], where: str) -> None:
+    """Each rank resumes its own RNG state, so a distributed run resumes with as many ranks as it had."""
+    saved, now = state["h_params"].get("world_size", 1), distributed.world_size()
+    if saved != now:
+        how = f"{saved} ranks (e.g. torchrun --nproc_per_node={saved})" if saved > 1 else "a single process (no torchrun)"
+        raise UserError(f"resume={where}: the checkpoint was trained with world_size={saved}, this run has "
+                        f"world_size={now}; resume it with {how}")
 
 
 def train(cfg: DictConfig, run_dir: Path, info: Optional[RunInfo] = None) -> dict[str, Any]:
@@ -94,33 +100,42 @@ def train(cfg: DictConfig, run_dir: Path, info: Optional[RunInfo] = None) -> dic
     validate(cfg)
     device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
     resume_state = checkpoint.load(cfg.resume, key="resume") if cfg.resume else None  # fails before any work
+    if resume_state is not None:
+        _check_world_size(resume_state, cfg.resume)
     d, device = distributed.setup(device)
     try:
-        return _train(cfg, Path(run_dir), info, device, d, resume_state)
+        run_dir = distributed.broadcast(str(run_dir), d)  # rank 0's: the only dir this job has
+        summary = _train(cfg, Path(run_dir), info, device, d, resume_state)
+        distributed.barrier(d)  # no rank leaves while another still talks to it (gloo aborts otherwise)
+        return summary
     finally:
         distributed.teardown(d)
 
 
 def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, d: distributed.Dist,
            resume_state: Optional[dict[str, Any]]) -> dict[str, Any]:
-    threads = configure(device, cfg.num_threads, info.parallel_jobs)
+    threads = configure(device, cfg.num_threads, info.parallel_jobs * d.local_world_size)
     seed = cfg.TORCH_SEED
     torch.manual_seed(seed)
     corpus: Corpus = load_corpus(cfg.data_path, cfg.text_column, cfg.encoding, cfg.train_split,
                                  cfg.context_length, cfg.vocab_compaction)
     h = h_params_of(cfg)
+    effective_batch = cfg.batch_size * cfg.gradient_accumulation_steps * d.world_size  # windows per update
     h.update(device=device.type, max_token_value=corpus.max_token_value, vocab_size=corpus.vocab_size,
-             world_size=d.world_size,
-             effective_batch_size=cfg.batch_size * cfg.gradient_accumulation_steps * d.world_size)
+             world_size=d.world_size, effective_batch_size=effective_batch)
     if resume_state is not None:
         _check_resume(resume_state, h, cfg.resume)
 
     torch.manual_seed(seed)  # the same initial weights on every rank and for every resume
     model = GPT(h).to(device)
+    if d.enabled:
+        torch.manual_seed(seed + d.rank)  # the same weights on every rank, but each its own dropout masks
     raw_model = model  # what gets saved: never the compiled or DDP wrapper (their keys differ)
     optimizer = build_optimizer(cfg, model, device)
-    sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, seed + d.rank)
-    n_eval = cfg.eval_iters * cfg.batch_size
+    # Every rank draws the same global batch and trains on its slice (see BatchSampler).
+    sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, seed,
+                           cfg.gradient_accumulation_steps, d.rank, d.world_size)
+    n_eval = cfg.eval_iters * effective_batch  # eval_iters global batches, shared out among the ranks
     eval_sets = {"train": fixed_eval_windows(corpus.train, n_eval, cfg.context_length, seed + 1),
                  "valid": fixed_eval_windows(corpus.valid, n_eval, cfg.context_length, seed + 2)}
     rows_per_forward = max(1, 16384 // cfg.context_length)
@@ -140,9 +155,13 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
 
     if cfg.compile:
         model = torch.compile(model)
+    eval_model = model  # evaluation needs no gradient sync, so never the DDP wrapper
     if d.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+        # The only buffer (the positions) is a constant: no need to re-broadcast it before every forward.
+        # Set as an attribute: the constructor argument's name differs across torch versions.
+        model.broadcast_buffers = False
 
     flops_per_token = train_flops_per_token(raw_model, h)
     peak = peak_flops(device)
@@ -154,9 +173,13 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
         tracker = WandbRun(cfg.wandb, run_dir, h, group=info.group, name=info.name or run_dir.name,
                            resume_id=wandb_id)
     if d.is_main:
-        log.info("%s on %s (%d threads): %s parameters, %s tokens (vocab %s of %s ids), run dir %s",
-                 "Resuming" if resume_state else "Training", device, threads, f"{raw_model.num_params():,}",
-                 f"{corpus.n_tokens:,}", f"{corpus.vocab_size:,}", f"{corpus.max_token_value:,}", run_dir)
+        log.info("%s on %s (%d threads)%s: %s parameters, %s tokens (vocab %s of %s ids), effective batch %d "
+                 "(batch_size %d x %d accumulation x %d ranks), run dir %s",
+                 "Resuming" if resume_state else "Training", device, threads,
+                 f" x {d.world_size} ranks ({'nccl' if device.type == 'cuda' else 'gloo'})" if d.enabled else "",
+                 f"{raw_model.num_params():,}", f"{corpus.n_tokens:,}", f"{corpus.vocab_size:,}",
+                 f"{corpus.max_token_value:,}", effective_batch, cfg.batch_size, cfg.gradient_accumulation_steps,
+                 d.world_size, run_dir)
 
     def save(step: int, losses: dict[str, float]) -> None:
         rng = [checkpoint.capture_rng(sampler.generator)]
@@ -201,7 +224,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
             if not resumed_here and (step % cfg.eval_interval == 0 or step == cfg.max_iters):
                 train_time += time.perf_counter() - t_window
                 tokens_per_s = window_tokens / train_time if train_time > 0 else 0.0
-                last = evaluate(model, eval_sets, device, amp, rows_per_forward, d)
+                last = evaluate(eval_model, eval_sets, device, amp, rows_per_forward, d)
                 if not all(math.isfinite(v) for v in last.values()):
                     _diverged(step, lr, last, ckpt_path)
                 best = min(best, last["valid"])
@@ -229,22 +252,25 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
             # The four steps: forward pass -> loss -> backpropagation -> parameter update.
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            for micro in range(cfg.gradient_accumulation_steps):
-                x, y = sampler.next()  # (B, T) each
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                inner = micro < cfg.gradient_accumulation_steps - 1
-                sync = model.no_sync() if d.enabled and inner else contextlib.nullcontext()
-                with sync:
+            # Gradient accumulation: the micro-batches' gradients add up (each loss scaled by 1/steps), and
+            # DDP averages them across ranks once, in the last backward; the inner ones skip it (no_sync).
+            micro_batches = sampler.step()
+            step_loss = torch.zeros((), device=device)
+            for micro, (x, y) in enumerate(micro_batches):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, T) each
+                inner = micro < len(micro_batches) - 1
+                with model.no_sync() if d.enabled and inner else contextlib.nullcontext():
                     with autocast(device, amp):
                         _, loss = model(x, y)
-                    (loss / cfg.gradient_accumulation_steps).backward()
-            if cfg.grad_clip > 0:
+                    (loss / len(micro_batches)).backward()
+                step_loss += loss.detach().float() / len(micro_batches)
+            if cfg.grad_clip > 0:  # on the averaged gradient, identical on every rank
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             window_tokens += tokens_per_step
-            loss_value = loss.item()
+            loss_value = distributed.mean(step_loss, d).item()  # the global batch's: a NaN stops every rank
             if not math.isfinite(loss_value):
                 _diverged(step, lr, {"train": loss_value}, ckpt_path)
             if bar:
