@@ -81,6 +81,49 @@ def _find_auto_resume(overrides: list[str]) -> Path:
     raise UserError(f"resume=auto: no run under {OUTPUTS}/ has a checkpoint and this config")
 
 
+def changed_since_start(run_dir: Path, state: dict) -> list[str]:
+    """Overrides for what earlier resumes changed (max_iters=1000, a lower learning_rate).
+
+    The run dir's .hydra keeps the config the run started with; the checkpoint keeps the one it
+    was last trained with. Without these, resuming a resumed run would quietly go back to the first.
+    """
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.exists() or not isinstance(state.get("config"), dict):
+        return []
+    try:
+        start = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    except OmegaConfBaseException:
+        return []
+    out = []
+    for key, value in _flat(state["config"]).items():
+        if key != "resume" and key in start and start[key] != value and _literal(value) is not None:
+            out.append(f"{key}={_literal(value)}")
+    return out
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _literal(value) -> Optional[str]:
+    """value as Hydra's override grammar reads it back, or None where it cannot be written simply."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return None if "'" in value or "\\" in value else f"'{value}'"
+    if isinstance(value, list):
+        items = [_literal(v) for v in value]
+        return None if None in items else f"[{','.join(items)}]"
+    return None
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
     """The overrides Hydra should see: user's, plus the run dir (and resume) decisions above."""
     multirun = "-m" in argv or "--multirun" in argv
@@ -90,12 +133,16 @@ def prepare_argv(argv: list[str]) -> list[str]:
     if resume and not multirun:
         others = [o for o in overrides if not o.startswith("resume=")]
         ckpt = checkpoint.resolve(_find_auto_resume(others) if resume == "auto" else resume, key="resume")
+        # Read it now: a corrupt, foreign or code-carrying checkpoint fails before Hydra writes a file.
+        state = checkpoint.load(ckpt, key="resume")
+        checkpoint.require_resumable(state, resume)
         run_dir = ckpt.parent
         saved = run_dir / ".hydra" / "overrides.yaml"
         original = [o for o in OmegaConf.load(saved) if not o.startswith(("resume=", "hydra"))] if saved.exists() else []
-        # The original overrides first, so what the user adds now (max_iters=1000) wins.
+        # The original overrides first, then what earlier resumes changed, so what the user adds now wins.
         argv = [a for a in argv if not a.startswith("resume=")]
-        extra += original + [f"resume={ckpt}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+        extra += original + changed_since_start(run_dir, state)
+        extra += [f"resume={ckpt}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
         argv = [a for a in argv if a.startswith("-")] + extra + [a for a in argv if not a.startswith("-")]
         return argv
     if env_rank() > 0:  # torchrun: only rank 0 owns a run dir; the others write nothing
@@ -180,7 +227,7 @@ def task(cfg: DictConfig) -> float:
         summary = train(cfg, run_dir, run_info(hc))
     except UserError as e:
         log.debug("error: %s", e)
-        if hc.mode == RunMode.MULTIRUN:
+        if hc.mode == RunMode.MULTIRUN or _user_wants_traceback:
             raise  # Hydra goes on with the sweep's other jobs and reports this one at the end
         _fail(str(e), e.exit_code)
     if env_rank() == 0:
@@ -188,15 +235,20 @@ def task(cfg: DictConfig) -> float:
     return summary["best_valid_loss"]
 
 
+_user_wants_traceback = False  # HYDRA_FULL_ERROR=1 as the user set it (main() sets it for itself)
+
+
 def main() -> None:
+    global _user_wants_traceback
     register_configs()
-    user_wants_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    user_wants_traceback = _user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, to be printed as one line
     try:
         sys.argv = [sys.argv[0], *prepare_argv(sys.argv[1:])]
         task()
     except UserError as e:
         if user_wants_traceback:
+            _remove_fresh_dir_if_unused()
             raise
         _fail(str(e), e.exit_code)
     except (OmegaConfBaseException, Exception) as e:
