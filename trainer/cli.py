@@ -153,8 +153,10 @@ def prepare_argv(argv: list[str]) -> list[str]:
         path = unique_dir(OUTPUTS / "multirun" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S"))
         extra.append(f"hydra.sweep.dir={path}")
     elif not multirun and _value_of(overrides, "hydra.run.dir") is None:
-        path = unique_dir(OUTPUTS / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S"))
-        os.environ[_FRESH_DIR_ENV] = str(path.resolve())
+        base = OUTPUTS / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
+        new_parents = [p for p in base.parents if not p.exists()]  # e.g. today's date dir, made for this run
+        path = unique_dir(base)
+        os.environ[_FRESH_DIR_ENV] = os.pathsep.join(str(p.resolve()) for p in [path, *new_parents])
         extra.append(f"hydra.run.dir={path}")
     return argv + extra
 
@@ -212,10 +214,15 @@ def run_info(hc) -> RunInfo:
 
 def _remove_fresh_dir_if_unused() -> None:
     """A run that failed before training leaves no dir behind (only ever the one made for it)."""
-    fresh = os.environ.pop(_FRESH_DIR_ENV, None)
+    fresh, *parents = os.environ.pop(_FRESH_DIR_ENV, "").split(os.pathsep)
     if fresh and not any((Path(fresh) / name).exists() for name in (checkpoint.CKPT_NAME, "metrics.jsonl")):
         logging.shutdown()
         shutil.rmtree(fresh, ignore_errors=True)
+        for parent in parents:  # innermost first; only dirs this run made, and only while empty
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
