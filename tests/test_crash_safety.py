@@ -92,3 +92,14 @@ def test_sigkill_at_any_moment_loses_nothing_and_resume_finishes_the_run(cli, en
     straight = cli(*ARGS, "hydra.run.dir=straight")
     assert straight.returncode == 0, straight.stderr
     assert losses(metrics(run)) == losses(metrics(tmp_path / "straight"))
+
+
+def test_ctrl_c_stops_with_one_line_that_says_how_to_continue(env, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *TINY, "max_iters=100000", "hydra.run.dir=run"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert wait_for((tmp_path / "run" / checkpoint.CKPT_NAME).exists, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.splitlines() == [f"error: interrupted; continue with: python -m trainer resume={tmp_path / 'run'}"]
+    loads_safely(tmp_path / "run")

@@ -237,6 +237,12 @@ def task(cfg: DictConfig) -> float:
         if hc.mode == RunMode.MULTIRUN or _user_wants_traceback:
             raise  # Hydra goes on with the sweep's other jobs and reports this one at the end
         _fail(str(e), e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C: a way to stop, not a crash; say how to go on
+        if hc.mode == RunMode.MULTIRUN or _user_wants_traceback or env_rank() > 0:
+            raise
+        ckpt = run_dir / checkpoint.CKPT_NAME
+        _fail(f"interrupted; continue with: python -m trainer resume={run_dir}" if ckpt.exists()
+              else "interrupted before the first checkpoint", 130)
     if env_rank() == 0:
         (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     return summary["best_valid_loss"]
