@@ -52,11 +52,12 @@ def test_resuming_again_keeps_what_the_last_resume_changed(cli, tmp_path):
     assert lrs == {0: 1e-3, 2: 1e-3, 4: 1e-3, 6: 5e-4, 8: 5e-4}
 
 
-def test_resume_auto_continues_the_newest_run_with_the_same_config(cli, tmp_path):
+def test_resume_auto_continues_the_newest_run_with_the_same_config_to_the_new_max_iters(cli, tmp_path):
     ok(cli(*TINY, "max_iters=10", "hydra.run.dir=outputs/day/a"))
     ok(cli(*TINY, "max_iters=10", "learning_rate=0.002", "hydra.run.dir=outputs/day/b"))
     before = (tmp_path / "outputs/day/b/metrics.jsonl").read_text()
-    r = ok(cli(*TINY, "max_iters=10", "resume=auto"))
+    r = ok(cli(*TINY, "max_iters=15", "resume=auto"))  # max_iters says how far, not which run
     assert "Resuming from outputs/day/a/model.ckpt at step 10" in r.stdout
+    assert metrics(tmp_path / "outputs/day/a")[-1]["step"] == 15
     assert (tmp_path / "outputs/day/b/metrics.jsonl").read_text() == before  # the other config's run
     assert sorted(p.name for p in (tmp_path / "outputs" / "day").iterdir()) == ["a", "b"]

@@ -63,12 +63,15 @@ def unique_dir(base: Path) -> Path:
 
 
 def _find_auto_resume(overrides: list[str]) -> Path:
-    """The newest run (with a checkpoint) whose config equals the one these overrides compose."""
+    """The newest run (with a checkpoint) whose config equals the one these overrides compose.
+
+    max_iters is how far to train, not which run: `... max_iters=2000 resume=auto` extends the run.
+    """
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         wanted = OmegaConf.to_container(compose("config", overrides=overrides), resolve=False)
-    ignore = {"resume", "progress"}
+    ignore = {"resume", "progress", "max_iters"}
     wanted = {k: v for k, v in wanted.items() if k not in ignore}
     candidates = sorted(OUTPUTS.glob(f"*/*/{checkpoint.CKPT_NAME}"), key=lambda p: p.stat().st_mtime)
     candidates += sorted(OUTPUTS.glob(f"multirun/*/*/*/{checkpoint.CKPT_NAME}"), key=lambda p: p.stat().st_mtime)
