@@ -73,7 +73,7 @@ CASES = [  # (what, overrides, the culprit the one line must name)
     ("out of range", ["dropout=1.5"], "dropout=1.5"),
     ("heads do not divide d_model", ["d_model=30", "num_heads=4"], "d_model=30"),
     ("unknown group option", ["model=huge"], "model=huge"),
-    ("unknown key", ["foo=1"], "foo"),
+    ("unknown key", ["lerning_rate=0.1"], "lerning_rate: no such key (did you mean learning_rate?)"),
     ("bad override syntax", ["d_model=[1"], "d_model=[1"),
     ("bad W&B mode", ["wandb.mode=sometimes"], "wandb.mode=sometimes"),
     ("missing file", ["data=text", "data_path=missing.txt"], "data_path=missing.txt"),

@@ -10,9 +10,12 @@ no traceback (set HYDRA_FULL_ERROR=1 for the full one).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from datetime import datetime
@@ -23,7 +26,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from trainer import checkpoint
 from trainer.config import register_configs
@@ -179,11 +182,23 @@ def one_line(ex: BaseException) -> str:
         return f"{group}={option}: unknown option (choose from {', '.join(sorted(ex.options))})"
     if isinstance(ex, OverrideParseException):
         return f"{ex.override}: {_lines(ex.message)}"
+    unknown = re.match(r"Could not override '([^']+)'", str(ex))
+    if unknown and isinstance(ex.__cause__, (ConfigAttributeError, ConfigKeyError)):
+        # A typo; Hydra's "+key=..." hint would not work on the typed schema.
+        hint = _did_you_mean(ex.__cause__) if ex.__cause__.full_key == unknown.group(1) else ""
+        return f"{unknown.group(1)}: no such key{hint}"
     key = getattr(ex.__cause__, "full_key", None) or getattr(ex, "full_key", None)
     text = _lines(str(ex))
     if isinstance(ex.__cause__, OmegaConfBaseException):
         text = f"{text}: {_lines(str(ex.__cause__))}" if text else _lines(str(ex.__cause__))
     return f"{key}: {text}" if key and not text.startswith(f"{key}") else text
+
+
+def _did_you_mean(e: OmegaConfBaseException) -> str:
+    known = [f.name for f in dataclasses.fields(e.object_type)] if dataclasses.is_dataclass(e.object_type) else []
+    close = difflib.get_close_matches(str(e.key), known, n=1)
+    prefix = str(e.full_key)[: -len(str(e.key))] if str(e.full_key).endswith(str(e.key)) else ""
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def _lines(text: str) -> str:
