@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import TINY, metrics, run_dirs
 
 from trainer import checkpoint
+from trainer.errors import UserError
+from trainer.train import _check_resume
 
 # Dropout stays on (the tiny model's 0.1): resuming must restore the RNG it draws from.
 ARGS = [*TINY, "eval_interval=5"]
@@ -61,3 +64,12 @@ def test_resume_auto_continues_the_newest_run_with_the_same_config_to_the_new_ma
     assert metrics(tmp_path / "outputs/day/a")[-1]["step"] == 15
     assert (tmp_path / "outputs/day/b/metrics.jsonl").read_text() == before  # the other config's run
     assert sorted(p.name for p in (tmp_path / "outputs" / "day").iterdir()) == ["a", "b"]
+
+
+def test_resuming_on_a_corpus_with_other_tokens_is_refused_even_at_the_same_vocab_size():
+    h = {"d_model": 32, "vocab_size": 3, "world_size": 1, "data_path": "new.txt", "vocab_compaction": True}
+    state = {"model_state_dict": {}, "h_params": dict(h), "optimizer_state_dict": {}, "step": 5, "rng": {},
+             "vocab": torch.tensor([10, 20, 30])}
+    _check_resume(state, h, torch.tensor([10, 20, 30]), "run")  # the same tokens: fine
+    with pytest.raises(UserError, match=r"resume=run: the checkpoint's vocabulary differs .*data_path=new.txt"):
+        _check_resume(state, h, torch.tensor([10, 20, 31]), "run")

@@ -253,7 +253,7 @@ def task(cfg: DictConfig) -> float:
     except UserError as e:
         log.debug("error: %s", e)
         if hc.mode == RunMode.MULTIRUN or _user_wants_traceback:
-            raise  # Hydra goes on with the sweep's other jobs and reports this one at the end
+            raise  # a sweep goes on with its other jobs; HYDRA_FULL_ERROR=1 asked for the traceback
         _fail(str(e), e.exit_code)
     except KeyboardInterrupt:  # Ctrl-C: a way to stop, not a crash; say how to go on
         if hc.mode == RunMode.MULTIRUN or _user_wants_traceback or env_rank() > 0:
