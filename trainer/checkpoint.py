@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ CKPT_NAME = "model.ckpt"
 def save(state: dict[str, Any], path: Path) -> None:
     """Write to a temp file in the same dir, fsync, then rename: a crash never leaves half a file."""
     path = Path(path)
+    _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -42,6 +45,24 @@ def save(state: dict[str, Any], path: Path) -> None:
         os.close(dir_fd)
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files left by a process killed mid-save (named by its pid), once that process is gone."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def resolve(path_or_run_dir: str | os.PathLike, key: str = "checkpoint") -> Path:
     """A checkpoint file, or the model.ckpt inside a run dir; `key` names the culprit in errors."""
     path = Path(path_or_run_dir)
@@ -55,20 +76,45 @@ def resolve(path_or_run_dir: str | os.PathLike, key: str = "checkpoint") -> Path
 def load(path_or_run_dir: str | os.PathLike, key: str = "checkpoint") -> dict[str, Any]:
     """torch.load with weights_only=True, turning every failure into one clear line."""
     path = resolve(path_or_run_dir, key)
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: corrupt checkpoint (the file is empty)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns (on stderr) before some failures it then raises
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Weights only load failed" in str(e):
-            raise UserError(f"{path}: refused: the checkpoint carries pickled code or objects that "
-                            f"weights_only loading does not allow") from None
-        raise UserError(f"{path}: corrupt checkpoint ({first})") from None
+        code = _BLOCKED_GLOBAL.search(str(e))
+        if code:  # a class or function to import and call: exactly what weights_only exists to refuse
+            raise UserError(f"{path}: refused: the checkpoint carries pickled code ({code.group(1)}), "
+                            f"which weights_only loading does not run") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        raise UserError(f"{path}: corrupt or not a torch checkpoint "
+                        f"({detail.group(1).strip() if detail else _first_line(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: corrupt or unreadable checkpoint ({first})") from None
+        raise UserError(f"{path}: corrupt or unreadable checkpoint ({_first_line(e)})") from None
     if not isinstance(state, dict) or "model_state_dict" not in state or "h_params" not in state:
         raise UserError(f"{path}: not a trainer checkpoint (no model_state_dict / h_params)")
     return state
+
+
+# How torch names the global a pickle wanted to import, e.g. "Unsupported global: GLOBAL posix.system"
+_BLOCKED_GLOBAL = re.compile(r"(?:unsupported|not an allowed)\s+global:?\s*(?:GLOBAL\s+)?([\w.]+)", re.I)
+
+# What resuming needs beyond the book's two keys; a weights-only checkpoint can be sampled, not resumed.
+RESUME_KEYS = ("optimizer_state_dict", "step", "rng")
+
+
+def require_resumable(state: dict[str, Any], where: str) -> None:
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise UserError(f"resume={where}: this checkpoint holds weights only (no {', '.join(missing)}), "
+                        "so training cannot continue from it")
+
+
+def _first_line(e: BaseException) -> str:
+    """The first sentence of an exception's message (torch's go on for a paragraph)."""
+    text = str(e).strip()
+    return re.split(r"(?<=\.)\s", text.splitlines()[0])[0].rstrip(".") if text else type(e).__name__
 
 
 def capture_rng(batch_generator: torch.Generator) -> dict[str, Any]:

@@ -10,9 +10,12 @@ no traceback (set HYDRA_FULL_ERROR=1 for the full one).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from datetime import datetime
@@ -23,7 +26,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from trainer import checkpoint, sweep
 from trainer.config import register_configs
@@ -67,12 +70,15 @@ def unique_dir(base: Path) -> Path:
 
 
 def _find_auto_resume(overrides: list[str]) -> Path:
-    """The newest run (with a checkpoint) whose config equals the one these overrides compose."""
+    """The newest run (with a checkpoint) whose config equals the one these overrides compose.
+
+    max_iters is how far to train, not which run: `... max_iters=2000 resume=auto` extends the run.
+    """
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         wanted = OmegaConf.to_container(compose("config", overrides=overrides), resolve=False)
-    ignore = {"resume", "progress"}
+    ignore = {"resume", "progress", "max_iters"}
     wanted = {k: v for k, v in wanted.items() if k not in ignore}
     candidates = sorted(OUTPUTS.glob(f"*/*/{checkpoint.CKPT_NAME}"), key=lambda p: p.stat().st_mtime)
     candidates += sorted(OUTPUTS.glob(f"multirun/*/*/*/{checkpoint.CKPT_NAME}"), key=lambda p: p.stat().st_mtime)
@@ -90,6 +96,49 @@ _QUIET_RANK = ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.jo
                "hydra/hydra_logging=disabled"]
 
 
+def changed_since_start(run_dir: Path, state: dict) -> list[str]:
+    """Overrides for what earlier resumes changed (max_iters=1000, a lower learning_rate).
+
+    The run dir's .hydra keeps the config the run started with; the checkpoint keeps the one it
+    was last trained with. Without these, resuming a resumed run would quietly go back to the first.
+    """
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.exists() or not isinstance(state.get("config"), dict):
+        return []
+    try:
+        start = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    except OmegaConfBaseException:
+        return []
+    out = []
+    for key, value in _flat(state["config"]).items():
+        if key != "resume" and key in start and start[key] != value and _literal(value) is not None:
+            out.append(f"{key}={_literal(value)}")
+    return out
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _literal(value) -> Optional[str]:
+    """value as Hydra's override grammar reads it back, or None where it cannot be written simply."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return None if "'" in value or "\\" in value else f"'{value}'"
+    if isinstance(value, list):
+        items = [_literal(v) for v in value]
+        return None if None in items else f"[{','.join(items)}]"
+    return None
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
     """The overrides Hydra should see: user's, plus the run dir (and resume) decisions above."""
     if any(a.split("=")[0] in _NO_RUN_FLAGS for a in argv):
@@ -104,12 +153,16 @@ def prepare_argv(argv: list[str]) -> list[str]:
     if resume and not multirun:
         others = [o for o in overrides if not o.startswith("resume=")]
         ckpt = checkpoint.resolve(_find_auto_resume(others) if resume == "auto" else resume, key="resume")
+        # Read it now: a corrupt, foreign or code-carrying checkpoint fails before Hydra writes a file.
+        state = checkpoint.load(ckpt, key="resume")
+        checkpoint.require_resumable(state, resume)
         run_dir = ckpt.parent
         saved = run_dir / ".hydra" / "overrides.yaml"
         original = [o for o in OmegaConf.load(saved) if not o.startswith(("resume=", "hydra"))] if saved.exists() else []
-        # The original overrides first, so what the user adds now (max_iters=1000) wins.
+        # The original overrides first, then what earlier resumes changed, so what the user adds now wins.
         argv = [a for a in argv if not a.startswith("resume=")]
-        extra += original + [f"resume={ckpt}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+        extra += original + changed_since_start(run_dir, state)
+        extra += [f"resume={ckpt}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
         argv = [a for a in argv if a.startswith("-")] + extra + [a for a in argv if not a.startswith("-")]
         return argv + _QUIET_RANK if env_rank() > 0 else argv
     if env_rank() > 0:  # torchrun: only rank 0 owns a run dir; the others write nothing
@@ -121,8 +174,10 @@ def prepare_argv(argv: list[str]) -> list[str]:
         path = unique_dir(OUTPUTS / "multirun" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S"))
         extra.append(f"hydra.sweep.dir={path}")
     elif not multirun and _value_of(overrides, "hydra.run.dir") is None:
-        path = unique_dir(OUTPUTS / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S"))
-        os.environ[_FRESH_DIR_ENV] = str(path.resolve())
+        base = OUTPUTS / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
+        new_parents = [p for p in base.parents if not p.exists()]  # e.g. today's date dir, made for this run
+        path = unique_dir(base)
+        os.environ[_FRESH_DIR_ENV] = os.pathsep.join(str(p.resolve()) for p in [path, *new_parents])
         extra.append(f"hydra.run.dir={path}")
     return argv + extra
 
@@ -142,11 +197,23 @@ def one_line(ex: BaseException) -> str:
         return f"{group}={option}: unknown option (choose from {', '.join(sorted(ex.options))})"
     if isinstance(ex, OverrideParseException):
         return f"{ex.override}: {_lines(ex.message)}"
+    unknown = re.match(r"Could not override '([^']+)'", str(ex))
+    if unknown and isinstance(ex.__cause__, (ConfigAttributeError, ConfigKeyError)):
+        # A typo; Hydra's "+key=..." hint would not work on the typed schema.
+        hint = _did_you_mean(ex.__cause__) if ex.__cause__.full_key == unknown.group(1) else ""
+        return f"{unknown.group(1)}: no such key{hint}"
     key = getattr(ex.__cause__, "full_key", None) or getattr(ex, "full_key", None)
     text = _lines(str(ex))
     if isinstance(ex.__cause__, OmegaConfBaseException):
         text = f"{text}: {_lines(str(ex.__cause__))}" if text else _lines(str(ex.__cause__))
     return f"{key}: {text}" if key and not text.startswith(f"{key}") else text
+
+
+def _did_you_mean(e: OmegaConfBaseException) -> str:
+    known = [f.name for f in dataclasses.fields(e.object_type)] if dataclasses.is_dataclass(e.object_type) else []
+    close = difflib.get_close_matches(str(e.key), known, n=1)
+    prefix = str(e.full_key)[: -len(str(e.key))] if str(e.full_key).endswith(str(e.key)) else ""
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def _lines(text: str) -> str:
@@ -172,10 +239,15 @@ def run_info(hc) -> RunInfo:
 
 def _remove_fresh_dir_if_unused() -> None:
     """A run that failed before training leaves no dir behind (only ever the one made for it)."""
-    fresh = os.environ.pop(_FRESH_DIR_ENV, None)
+    fresh, *parents = os.environ.pop(_FRESH_DIR_ENV, "").split(os.pathsep)
     if fresh and not any((Path(fresh) / name).exists() for name in (checkpoint.CKPT_NAME, "metrics.jsonl")):
         logging.shutdown()
         shutil.rmtree(fresh, ignore_errors=True)
+        for parent in parents:  # innermost first; only dirs this run made, and only while empty
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -187,23 +259,34 @@ def task(cfg: DictConfig) -> float:
         summary = train(cfg, run_dir, run_info(hc))
     except UserError as e:
         log.debug("error: %s", e)
-        if hc.mode == RunMode.MULTIRUN:
-            raise  # Hydra goes on with the sweep's other jobs and reports this one at the end
+        if hc.mode == RunMode.MULTIRUN or _user_wants_traceback:
+            raise  # a sweep goes on with its other jobs; HYDRA_FULL_ERROR=1 asked for the traceback
         _fail(str(e), e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C: a way to stop, not a crash; say how to go on
+        if hc.mode == RunMode.MULTIRUN or _user_wants_traceback or env_rank() > 0:
+            raise
+        ckpt = run_dir / checkpoint.CKPT_NAME
+        _fail(f"interrupted; continue with: python -m trainer resume={run_dir}" if ckpt.exists()
+              else "interrupted before the first checkpoint", 130)
     if env_rank() == 0:
         (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     return summary["best_valid_loss"]
 
 
+_user_wants_traceback = False  # HYDRA_FULL_ERROR=1 as the user set it (main() sets it for itself)
+
+
 def main() -> None:
+    global _user_wants_traceback
     register_configs()
-    user_wants_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    user_wants_traceback = _user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, to be printed as one line
     try:
         sys.argv = [sys.argv[0], *prepare_argv(sys.argv[1:])]
         task()
     except UserError as e:
         if user_wants_traceback:
+            _remove_fresh_dir_if_unused()
             raise
         _fail(str(e), e.exit_code)
     except (OmegaConfBaseException, Exception) as e:

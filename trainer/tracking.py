@@ -18,6 +18,7 @@ from typing import Any, Optional
 log = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.jsonl"
+ONLINE_INIT_TIMEOUT_S = 20  # how long an online wandb.init may wait for the server before going offline
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -86,14 +87,16 @@ class WandbRun:
         if resume_id:
             init.update(id=resume_id, resume="allow")
         try:
-            self.run = wandb.init(**init)
-        except Exception as e:  # no network or a bad key must never stop the training
+            # Unreachable servers would hold init for 90 s by default before it gives up.
+            settings_ = wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S) if mode == "online" else None
+            self.run = wandb.init(**init, settings=settings_)
+        except Exception as e:  # no login, no network or a bad key must never stop the training
             if mode == "offline":
                 raise
             log.warning("W&B: could not start an online run (%s); logging offline instead",
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
             os.environ["WANDB_MODE"] = "offline"
-            self.run = wandb.init(**init)
+            self.run = wandb.init(**init, mode="offline")  # the environment alone is read too late
         self.id = self.run.id
         self.run.define_metric("valid_loss", summary="min")
 

@@ -78,11 +78,17 @@ def evaluate(model: torch.nn.Module, eval_sets: dict[str, tuple[torch.Tensor, to
     return out
 
 
-def _check_resume(state: dict[str, Any], h: dict[str, Any], where: str) -> None:
+def _check_resume(state: dict[str, Any], h: dict[str, Any], vocab: Optional[torch.Tensor], where: str) -> None:
+    checkpoint.require_resumable(state, where)
     for key in SHAPE_KEYS:
         if state["h_params"].get(key) != h.get(key):
             raise UserError(f"resume={where}: the checkpoint's {key}={state['h_params'].get(key)} "
                             f"does not match this run's {key}={h.get(key)}")
+    saved = state.get("vocab")
+    if (saved is None) != (vocab is None) or (vocab is not None and not torch.equal(saved, vocab)):
+        # Same size, other tokens: each model id would now mean a different token.
+        raise UserError(f"resume={where}: the checkpoint's vocabulary differs from this run's data "
+                        f"(data_path={h.get('data_path')}, vocab_compaction={h.get('vocab_compaction')})")
 
 
 def _check_world_size(state: dict[str, Any], where: str) -> None:
@@ -124,7 +130,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
     h.update(device=device.type, max_token_value=corpus.max_token_value, vocab_size=corpus.vocab_size,
              world_size=d.world_size, effective_batch_size=effective_batch)
     if resume_state is not None:
-        _check_resume(resume_state, h, cfg.resume)
+        _check_resume(resume_state, h, corpus.vocab, cfg.resume)
 
     torch.manual_seed(seed)  # the same initial weights on every rank and for every resume
     model = GPT(h).to(device)

@@ -1,0 +1,123 @@
+"""Every user mistake: one line on stderr naming the key or path, exit code 2, no traceback, and
+nothing already on disk touched (run dirs, checkpoints, the user's files)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, TINY
+
+RUN = "outputs/day/run"  # an existing, finished run that every case must leave alone
+
+
+def subprocess_env(cache_dir: Path) -> dict[str, str]:
+    """As conftest's `env`, for a module-scoped workspace."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
+    e.update(TRAINER_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    e.pop("RANK", None)
+    e.pop("WORLD_SIZE", None)
+    return e
+
+
+class Evil:
+    """Unpickling this would call os.mkdir(marker): harmless, and visible if it ever ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, cache_dir) -> Path:
+    ws = tmp_path_factory.mktemp("workspace")
+    done = subprocess.run([sys.executable, "-m", "trainer", *TINY, "max_iters=2", f"hydra.run.dir={RUN}"],
+                          cwd=ws, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    good = (ws / RUN / "model.ckpt").read_bytes()
+    (ws / "truncated.ckpt").write_bytes(good[: len(good) // 2])
+    (ws / "garbage.ckpt").write_text("not a checkpoint\n")
+    (ws / "empty.ckpt").write_bytes(b"")
+    state = torch.load(ws / RUN / "model.ckpt", weights_only=True)
+    torch.save({k: state[k] for k in ("model_state_dict", "h_params")}, ws / "book.ckpt")  # the book's keys only
+    torch.save({**state, "extra": Evil(ws / "PWNED")}, ws / "evil.ckpt")
+    (ws / "empty.txt").write_text("")
+    (ws / "latin1.txt").write_bytes("Grüße aus Köln\n".encode("latin-1") * 50)
+    (ws / "short.txt").write_text("too short\n")
+    (ws / "titles.csv").write_text("repo,number\nhydra,1\nomegaconf,2\n")
+    (ws / "other.txt").write_text("An entirely different corpus, with other words in it. " * 200)
+    return ws
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every file under root with its mtime, size and content hash, and every dir (by name only:
+    making and removing a failed run's own dir changes its parent's mtime)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.stat()
+        rel = str(p.relative_to(root))
+        out[rel] = (st.st_mtime_ns, st.st_size, hashlib.sha256(p.read_bytes()).hexdigest()) if p.is_file() else "dir"
+    return out
+
+
+CASES = [  # (what, overrides, the culprit the one line must name)
+    ("bad type", ["d_model=abc"], "d_model"),
+    ("out of range", ["dropout=1.5"], "dropout=1.5"),
+    ("heads do not divide d_model", ["d_model=30", "num_heads=4"], "d_model=30"),
+    ("unknown group option", ["model=huge"], "model=huge"),
+    ("unknown key", ["lerning_rate=0.1"], "lerning_rate: no such key (did you mean learning_rate?)"),
+    ("bad override syntax", ["d_model=[1"], "d_model=[1"),
+    ("bad W&B mode", ["wandb.mode=sometimes"], "wandb.mode=sometimes"),
+    ("missing file", ["data=text", "data_path=missing.txt"], "data_path=missing.txt"),
+    ("empty file", ["data=text", "data_path=empty.txt"], "data_path=empty.txt"),
+    ("non-UTF-8 file", ["data=text", "data_path=latin1.txt"], "data_path=latin1.txt"),
+    ("file too short", ["data=text", "data_path=short.txt"], "data_path=short.txt"),
+    ("data=text without a file", ["data=text"], "data_path"),
+    ("no such CSV column", ["data=text", "data_path=titles.csv", "text_column=title"], "text_column=title"),
+    ("device=cuda on a CPU machine", ["device=cuda"], "device=cuda"),
+    ("resume from nowhere", ["resume=nowhere"], "resume=nowhere"),
+    ("resume from a text file", ["resume=garbage.ckpt"], "garbage.ckpt"),
+    ("resume from a truncated checkpoint", ["resume=truncated.ckpt"], "truncated.ckpt"),
+    ("resume from an empty checkpoint", ["resume=empty.ckpt"], "empty.ckpt"),
+    ("resume from a checkpoint carrying code", ["resume=evil.ckpt"], "evil.ckpt: refused"),
+    ("resume from weights only", ["resume=book.ckpt"], "resume=book.ckpt"),
+    ("resume with another d_model", [f"resume={RUN}", "d_model=64"],
+     "the checkpoint's d_model=32 does not match this run's d_model=64"),
+    ("resume with another corpus", [f"resume={RUN}", "data=text", "data_path=other.txt"], "vocab_size"),
+    ("resume=auto with no such run", ["resume=auto", "learning_rate=0.5"], "resume=auto"),
+]
+
+
+@pytest.mark.parametrize("args, culprit", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_a_mistake_is_one_line_exit_2_and_touches_nothing(workspace, cache_dir, args, culprit):
+    if "device=cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    before = snapshot(workspace)
+    r = subprocess.run([sys.executable, "-m", "trainer", *TINY, *args], cwd=workspace,
+                       env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and culprit in lines[0], lines[0]
+    assert "Traceback" not in r.stdout + r.stderr
+    assert snapshot(workspace) == before
+    assert not (workspace / "PWNED").exists()
+
+
+@pytest.mark.parametrize("args", [["dropout=1.5"], ["d_model=abc"]], ids=["trainer check", "Hydra override"])
+def test_hydra_full_error_gives_the_whole_traceback(tmp_path, cache_dir, args):
+    env = {**subprocess_env(cache_dir), "HYDRA_FULL_ERROR": "1"}
+    r = subprocess.run([sys.executable, "-m", "trainer", *TINY, *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "Traceback (most recent call last)" in r.stderr
+    assert args[0] in r.stderr
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.jsonl"))
