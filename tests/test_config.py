@@ -6,8 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf.errors import ValidationError
 
-from trainer.cli import CONF_DIR
-from trainer.config import h_params_of, register_configs, validate
+from trainer.config import CONF_DIR, h_params_of, register_configs, validate
 from trainer.errors import UserError
 
 

@@ -25,19 +25,18 @@ from typing import Optional
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from trainer import checkpoint, sweep
-from trainer.config import register_configs
+from trainer.config import CONF_DIR, OUTPUTS, register_configs
 from trainer.distributed import env_rank, world_size
 from trainer.errors import UserError
+from trainer.resume import resume_overrides
 from trainer.train import RunInfo, train
 
 log = logging.getLogger("trainer")
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-OUTPUTS = Path("outputs")
 SUMMARY_NAME = "summary.json"
 _FRESH_DIR_ENV = "TRAINER_FRESH_RUN_DIR"  # the dir made for this run, removed if it fails before training
 
@@ -69,74 +68,9 @@ def unique_dir(base: Path) -> Path:
     raise UserError(f"{base}: could not find a free run dir name")
 
 
-def _find_auto_resume(overrides: list[str]) -> Path:
-    """The newest run (with a checkpoint) whose config equals the one these overrides compose.
-
-    max_iters is how far to train, not which run: `... max_iters=2000 resume=auto` extends the run.
-    """
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        wanted = OmegaConf.to_container(compose("config", overrides=overrides), resolve=False)
-    ignore = {"resume", "progress", "max_iters"}
-    wanted = {k: v for k, v in wanted.items() if k not in ignore}
-    candidates = sorted(OUTPUTS.glob(f"*/*/{checkpoint.CKPT_NAME}"), key=lambda p: p.stat().st_mtime)
-    candidates += sorted(OUTPUTS.glob(f"multirun/*/*/*/{checkpoint.CKPT_NAME}"), key=lambda p: p.stat().st_mtime)
-    for ckpt in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
-        saved = ckpt.parent / ".hydra" / "config.yaml"
-        if saved.exists():
-            cfg = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-            if {k: v for k, v in cfg.items() if k not in ignore} == wanted:
-                return ckpt.parent
-    raise UserError(f"resume=auto: no run under {OUTPUTS}/ has a checkpoint and this config")
-
-
 # Ranks other than 0 under torchrun: no .hydra/ dir, no train.log (the console only, warnings up).
 _QUIET_RANK = ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING",
                "hydra/hydra_logging=disabled"]
-
-
-def changed_since_start(run_dir: Path, state: dict) -> list[str]:
-    """Overrides for what earlier resumes changed (max_iters=1000, a lower learning_rate).
-
-    The run dir's .hydra keeps the config the run started with; the checkpoint keeps the one it
-    was last trained with. Without these, resuming a resumed run would quietly go back to the first.
-    """
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.exists() or not isinstance(state.get("config"), dict):
-        return []
-    try:
-        start = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
-    except OmegaConfBaseException:
-        return []
-    out = []
-    for key, value in _flat(state["config"]).items():
-        if key != "resume" and key in start and start[key] != value and _literal(value) is not None:
-            out.append(f"{key}={_literal(value)}")
-    return out
-
-
-def _flat(node: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in node.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def _literal(value) -> Optional[str]:
-    """value as Hydra's override grammar reads it back, or None where it cannot be written simply."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return None if "'" in value or "\\" in value else f"'{value}'"
-    if isinstance(value, list):
-        items = [_literal(v) for v in value]
-        return None if None in items else f"[{','.join(items)}]"
-    return None
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
@@ -151,18 +85,8 @@ def prepare_argv(argv: list[str]) -> list[str]:
         raise UserError("--multirun under torchrun: launch one torchrun per sweep job instead "
                         "(e.g. hydra/launcher=submitit_slurm), or run the sweep without torchrun")
     if resume and not multirun:
-        others = [o for o in overrides if not o.startswith("resume=")]
-        ckpt = checkpoint.resolve(_find_auto_resume(others) if resume == "auto" else resume, key="resume")
-        # Read it now: a corrupt, foreign or code-carrying checkpoint fails before Hydra writes a file.
-        state = checkpoint.load(ckpt, key="resume")
-        checkpoint.require_resumable(state, resume)
-        run_dir = ckpt.parent
-        saved = run_dir / ".hydra" / "overrides.yaml"
-        original = [o for o in OmegaConf.load(saved) if not o.startswith(("resume=", "hydra"))] if saved.exists() else []
-        # The original overrides first, then what earlier resumes changed, so what the user adds now wins.
+        extra += resume_overrides(resume, overrides)
         argv = [a for a in argv if not a.startswith("resume=")]
-        extra += original + changed_since_start(run_dir, state)
-        extra += [f"resume={ckpt}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
         argv = [a for a in argv if a.startswith("-")] + extra + [a for a in argv if not a.startswith("-")]
         return argv + _QUIET_RANK if env_rank() > 0 else argv
     if env_rank() > 0:  # torchrun: only rank 0 owns a run dir; the others write nothing

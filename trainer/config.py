@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from trainer.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+OUTPUTS = Path("outputs")  # where run dirs go, relative to the working directory (Hydra's default)
 
 
 class Optimizer(str, Enum):
