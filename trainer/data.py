@@ -140,16 +140,25 @@ def windows(data: torch.Tensor, starts: torch.Tensor, context_length: int):
 
 
 class BatchSampler:
-    """Random training windows from a seeded generator whose state goes into checkpoints."""
+    """Random training windows from a seeded generator whose state goes into checkpoints.
 
-    def __init__(self, data: torch.Tensor, batch_size: int, context_length: int, seed: int):
+    pin_memory=True (for a GPU) puts each batch in page-locked memory, so that the copy with
+    non_blocking=True really is asynchronous (from pageable memory it is not).
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, context_length: int, seed: int,
+                 pin_memory: bool = False):
         self.data, self.batch_size, self.context_length = data, batch_size, context_length
         self.generator = torch.Generator().manual_seed(seed)
+        self.pin_memory = pin_memory
 
     def next(self):
         starts = torch.randint(len(self.data) - self.context_length, (self.batch_size,),
                                generator=self.generator)
-        return windows(self.data, starts, self.context_length)
+        x, y = windows(self.data, starts, self.context_length)
+        if self.pin_memory:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
 
 
 def fixed_eval_windows(data: torch.Tensor, n: int, context_length: int, seed: int):

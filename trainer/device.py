@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform
+import time
 from typing import Optional
 
 import torch
@@ -60,19 +63,94 @@ def configure(device: torch.device, num_threads: int, parallel_jobs: int = 1) ->
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         num_threads = max(1, cores // max(1, parallel_jobs))
     torch.set_num_threads(num_threads)
+    keep_freed_memory()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return num_threads
 
 
+def keep_freed_memory() -> None:
+    """Let glibc's malloc reuse freed blocks instead of returning them to the kernel.
+
+    By default a block over ~32 MB (and, once the heap trims, smaller ones) is mmap'd fresh and
+    unmapped on free, so every step's logits and their gradients (7.7 MB each for the book's model)
+    are page-faulted in again: 5,000 faults and 15-20% of a CPU step. A fixed, high threshold
+    keeps them in the heap; the peak memory stays the same. Only glibc has mallopt: elsewhere
+    this does nothing.
+    """
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    if not mallopt(M_MMAP_THRESHOLD, 256 << 20):
+        mallopt(M_MMAP_THRESHOLD, 32 << 20)  # older glibc caps the threshold at 32 MB
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
+PEAK_FLOPS_ENV = "TRAINER_PEAK_FLOPS"
+
+
 def peak_flops(device: torch.device) -> Optional[float]:
-    """The device's peak FLOP/s where known (GPU table, or $TRAINER_PEAK_FLOPS), else None."""
-    if os.environ.get("TRAINER_PEAK_FLOPS"):
-        return float(os.environ["TRAINER_PEAK_FLOPS"])
+    """The device's peak FLOP/s, for MFU: $TRAINER_PEAK_FLOPS (0 = unknown), the GPU table, or on
+    CPU the measured fp32 matmul rate (once per machine and thread count, cached); else None."""
+    if os.environ.get(PEAK_FLOPS_ENV):
+        return float(os.environ[PEAK_FLOPS_ENV]) or None
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, flops in GPU_PEAK_FLOPS.items():
             if key in name:
                 return flops
+    if device.type == "cpu":
+        return cpu_peak_flops()
     return None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_peak_flops(n: int = 1024, repeats: int = 8) -> float:
+    """The best fp32 FLOP/s of an n x n matmul on torch's current CPU threads: the CPU's practical
+    peak (what its BLAS reaches), not the datasheet's. About 0.3 s on the first call for a machine,
+    then read back from the cache (keyed by CPU, core count, threads and torch version)."""
+    from trainer.data import cache_dir  # the tokenizer's cache dir; imported here to keep this module light
+
+    threads = torch.get_num_threads()
+    key = f"{_cpu_name()}|{os.cpu_count()} cores|{threads} threads|torch {torch.__version__}|n={n}"
+    path = cache_dir() / "cpu-peak-flops.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if isinstance(cached.get(key), (int, float)):
+        return float(cached[key])
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up: BLAS threads and buffers
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    flops = 2 * n**3 / best
+    try:
+        cached[key] = flops
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the measurement next time
+    return flops
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
