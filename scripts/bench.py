@@ -214,6 +214,10 @@ def eval_ours(path: Path, repo: Path, x, y) -> float:
 # ----------------------------------------------------------------------------- reporting
 
 
+def loadavg() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+
+
 def machine() -> str:
     import torch
 
@@ -311,23 +315,23 @@ def main() -> None:
 
     import torch
 
-    from trainer.device import cpu_peak_flops
-
-    # One CPU peak for every run (the trainer's MFU), measured here before anything else runs.
-    peak = cpu_peak_flops()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    env.update(TRAINER_CACHE_DIR=str(work / "cache"), TRAINER_PEAK_FLOPS=str(peak), PYTHONUNBUFFERED="1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_", "TRAINER_"))}
+    env.update(TRAINER_CACHE_DIR=str(work / "cache"), PYTHONUNBUFFERED="1")
     tokens = args.iters * BOOK["batch_size"] * BOOK["context_length"]
     print(f"machine: {machine()}", flush=True)
-    print(f"measured CPU peak: {peak / 1e9:.1f} GFLOP/s fp32 ({torch.get_num_threads()} threads); workdir {work}")
-    print(f"corpus: {args.data}; {args.iters} steps x {BOOK['batch_size']} x {BOOK['context_length']} tokens")
+    print(f"corpus: {args.data}; {args.iters} steps x {BOOK['batch_size']} x {BOOK['context_length']} tokens; "
+          f"workdir {work}")
 
-    # Tokenize once outside the timings (the cache is part of our design; the book tokenizes every run).
+    # A one-step run of each variant first, untimed: it fills the tokenizer cache (part of our
+    # design; the book tokenizes in every run) and measures the CPU peak for MFU (cached too).
     for v in variants:
         warm = subprocess.run(our_command(args, v, work / f"warmup-{v.name}", 1) + ["eval_interval=1"],
                               env={**env, "PYTHONPATH": str(v.repo)}, cwd=work, capture_output=True, text=True)
         if warm.returncode:
             sys.exit(f"error: warm-up of {v.name} failed:\n{warm.stderr[-2000:]}")
+    peaks = work / "cache" / "cpu-peak-flops.json"
+    for key, flops in (json.loads(peaks.read_text()) if peaks.exists() else {}).items():
+        print(f"measured CPU peak for MFU: {flops / 1e9:.1f} GFLOP/s ({key})")
 
     runs: list[Run] = []
     for rep in range(max(args.reps, args.baseline_reps)):
@@ -339,7 +343,8 @@ def main() -> None:
             r = run_book(args, rep, work, env) if v is None else run_ours(args, v, rep, work, env)
             runs.append(r)
             print(f"[{started}] {r.who} #{rep + 1}: {r.wall_s:.1f} s wall, {r.cpu_s:.1f} s CPU, "
-                  f"{r.peak_rss_mb:,.0f} MB peak RSS, own last valid loss {r.own_valid_loss}", flush=True)
+                  f"{r.peak_rss_mb:,.0f} MB peak RSS, own last valid loss {r.own_valid_loss}; "
+                  f"load average after it {loadavg()}", flush=True)
 
     x, y, vocab, train_ids = valid_windows(args.data, BOOK["context_length"])
     unseen = (~torch.isin(y, train_ids)).sum().item()
