@@ -140,25 +140,16 @@ def windows(data: torch.Tensor, starts: torch.Tensor, context_length: int):
 
 
 class BatchSampler:
-    """Random training windows from a seeded generator whose state goes into checkpoints.
+    """Random training windows from a seeded generator whose state goes into checkpoints."""
 
-    pin_memory=True (for a GPU) puts each batch in page-locked memory, so that the copy with
-    non_blocking=True really is asynchronous (from pageable memory it is not).
-    """
-
-    def __init__(self, data: torch.Tensor, batch_size: int, context_length: int, seed: int,
-                 pin_memory: bool = False):
+    def __init__(self, data: torch.Tensor, batch_size: int, context_length: int, seed: int):
         self.data, self.batch_size, self.context_length = data, batch_size, context_length
         self.generator = torch.Generator().manual_seed(seed)
-        self.pin_memory = pin_memory
 
     def next(self):
         starts = torch.randint(len(self.data) - self.context_length, (self.batch_size,),
                                generator=self.generator)
-        x, y = windows(self.data, starts, self.context_length)
-        if self.pin_memory:
-            x, y = x.pin_memory(), y.pin_memory()
-        return x, y
+        return windows(self.data, starts, self.context_length)
 
 
 def fixed_eval_windows(data: torch.Tensor, n: int, context_length: int, seed: int):
@@ -166,3 +157,11 @@ def fixed_eval_windows(data: torch.Tensor, n: int, context_length: int, seed: in
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(len(data) - context_length, (n,), generator=g)
     return windows(data, starts, context_length)
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on the training device. For a GPU it goes through page-locked memory first, so the
+    non_blocking copy really overlaps with the GPU's work (from pageable memory it cannot)."""
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)

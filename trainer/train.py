@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer import checkpoint, distributed
 from trainer.config import h_params_of, validate
-from trainer.data import BatchSampler, Corpus, fixed_eval_windows, load_corpus
+from trainer.data import BatchSampler, Corpus, fixed_eval_windows, load_corpus, to_device
 from trainer.device import autocast, autocast_dtype, configure, peak_flops, resolve_device
 from trainer.errors import UserError
 from trainer.model import GPT
@@ -127,8 +127,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
     model = GPT(h).to(device)
     raw_model = model  # what gets saved: never the compiled or DDP wrapper (their keys differ)
     optimizer = build_optimizer(cfg, model, device, eager=not cfg.compile)
-    sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, seed + d.rank,
-                           pin_memory=device.type == "cuda")
+    sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.context_length, seed + d.rank)
     n_eval = cfg.eval_iters * cfg.batch_size
     eval_sets = {"train": fixed_eval_windows(corpus.train, n_eval, cfg.context_length, seed + 1),
                  "valid": fixed_eval_windows(corpus.valid, n_eval, cfg.context_length, seed + 2)}
@@ -238,7 +237,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
                 group["lr"] = lr
             for micro in range(cfg.gradient_accumulation_steps):
                 x, y = sampler.next()  # (B, T) each
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x, y = to_device(x, device), to_device(y, device)  # pinned + non_blocking on a GPU
                 inner = micro < cfg.gradient_accumulation_steps - 1
                 sync = model.no_sync() if d.enabled and inner else contextlib.nullcontext()
                 with sync:
