@@ -331,7 +331,7 @@ def main() -> None:
             sys.exit(f"error: warm-up of {v.name} failed:\n{warm.stderr[-2000:]}")
     peaks = work / "cache" / "cpu-peak-flops.json"
     for key, flops in (json.loads(peaks.read_text()) if peaks.exists() else {}).items():
-        print(f"measured CPU peak for MFU: {flops / 1e9:.1f} GFLOP/s ({key})")
+        print(f"measured CPU peak for MFU: {flops / 1e9:.1f} GFLOP/s a core ({key})")
 
     runs: list[Run] = []
     for rep in range(max(args.reps, args.baseline_reps)):

@@ -69,17 +69,21 @@ def test_cpu_run_reports_tokens_per_s_and_mfu(cli, tmp_path):
         assert 6 * 20_000 < flops_per_token < 6 * 200_000  # 6 x the TINY model's ~25-60k weights
 
 
-def test_cpu_peak_is_measured_once_and_cached(cli, tmp_path, cache_dir):
-    """Without TRAINER_PEAK_FLOPS, the CPU's matmul peak is measured and cached for later runs."""
+def test_cpu_peak_is_measured_once_and_cached_without_changing_the_run(cli, tmp_path, cache_dir):
+    """Without TRAINER_PEAK_FLOPS, the CPU's matmul peak is measured and cached for later runs;
+    measuring it draws nothing from the RNG the training uses, so the losses stay the same."""
     (cache_dir / "cpu-peak-flops.json").unlink(missing_ok=True)
     out = cli(*TINY, "max_iters=10")
     assert out.returncode == 0, out.stderr
     peaks = json.loads((cache_dir / "cpu-peak-flops.json").read_text())
     assert len(peaks) == 1 and list(peaks.values())[0] > 1e8  # any CPU does 0.1 GFLOP/s
-    assert "mfu" in metrics(run_dirs(tmp_path)[0])[-1]
+    measured = metrics(run_dirs(tmp_path)[0])
+    assert "mfu" in measured[-1]
     out = cli(*TINY, "max_iters=10", extra_env={"TRAINER_PEAK_FLOPS": "0"})  # 0: unknown, no MFU
     assert out.returncode == 0, out.stderr
-    assert "mfu" not in metrics(run_dirs(tmp_path)[-1])[-1]
+    unmeasured = metrics(run_dirs(tmp_path)[-1])
+    assert "mfu" not in unmeasured[-1]
+    assert [r["valid_loss"] for r in measured] == [r["valid_loss"] for r in unmeasured]
 
 
 def test_cpu_runs_are_deterministic(cli, tmp_path):

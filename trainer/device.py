@@ -120,7 +120,7 @@ PEAK_FLOPS_ENV = "TRAINER_PEAK_FLOPS"
 
 def peak_flops(device: torch.device) -> Optional[float]:
     """The device's peak FLOP/s, for MFU: $TRAINER_PEAK_FLOPS (0 = unknown), the GPU table, or on
-    CPU the measured fp32 matmul rate (once per machine and thread count, cached); else None."""
+    CPU the measured fp32 matmul rate (once per machine, cached) times the threads; else None."""
     if os.environ.get(PEAK_FLOPS_ENV):
         return float(os.environ[PEAK_FLOPS_ENV]) or None
     if device.type == "cuda":
@@ -145,33 +145,39 @@ def _cpu_name() -> str:
 
 
 def cpu_peak_flops(n: int = 1024, repeats: int = 8) -> float:
-    """The best fp32 FLOP/s of an n x n matmul on torch's current CPU threads: the CPU's practical
-    peak (what its BLAS reaches), not the datasheet's. About 0.3 s on the first call for a machine,
-    then read back from the cache (keyed by CPU, core count, threads and torch version)."""
+    """The CPU's practical fp32 peak for torch's current thread count: one core's best n x n
+    matmul rate (what its BLAS reaches, not the datasheet's) times the threads. One core is
+    measured, not all, because a busy machine spoils a many-thread measurement (here: 74 instead
+    of 208 GFLOP/s for two threads) but rarely leaves no core free. About 0.3 s on a machine's
+    first run, then read back from the cache (keyed by CPU, core count and torch version)."""
     from trainer.data import cache_dir  # the tokenizer's cache dir; imported here to keep this module light
 
     threads = torch.get_num_threads()
-    key = f"{_cpu_name()}|{os.cpu_count()} cores|{threads} threads|torch {torch.__version__}|n={n}"
+    key = f"{_cpu_name()}|{os.cpu_count()} cores|one core|torch {torch.__version__}|n={n}"
     path = cache_dir() / "cpu-peak-flops.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
     if isinstance(cached.get(key), (int, float)):
-        return float(cached[key])
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up: BLAS threads and buffers
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    flops = 2 * n**3 / best
+        return float(cached[key]) * threads
+    torch.set_num_threads(1)
     try:
-        cached[key] = flops
+        g = torch.Generator().manual_seed(0)  # never the global one: training draws dropout from it
+        a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+        a @ b  # warm-up: BLAS buffers
+        per_core = 2 * n**3 / min(_timed(lambda: a @ b) for _ in range(repeats))
+    finally:
+        torch.set_num_threads(threads)
+    try:
+        cached[key] = per_core
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cached, indent=1) + "\n")
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache only costs the measurement next time
-    return flops
+    return per_core * threads
 
 
 def _timed(fn) -> float:
