@@ -43,7 +43,7 @@ class LRSchedule(str, Enum):
 
 
 class Dtype(str, Enum):
-    auto = "auto"  # bf16 autocast where the device supports it (CUDA), else float32
+    auto = "auto"  # bf16 autocast where the hardware has bf16 (CUDA; CPUs with AVX512-BF16/AMX), else float32
     float32 = "float32"
     bfloat16 = "bfloat16"
 
@@ -98,7 +98,7 @@ class TrainConfig:
     device: Device = Device.auto
     dtype: Dtype = Dtype.auto
     compile: bool = False
-    num_threads: int = 0  # CPU threads for torch; 0 = decide from the cores and parallel jobs
+    num_threads: int = 0  # CPU threads for torch; 0 = the cores shared by the parallel jobs, one left free
     # run management (not hyperparameters)
     checkpoint_interval: int = 0  # 0 = at every eval
     resume: Optional[str] = None  # a run dir, a checkpoint file, or "auto"

@@ -168,3 +168,11 @@ def fixed_eval_windows(data: torch.Tensor, n: int, context_length: int, seed: in
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(len(data) - context_length, (n,), generator=g)
     return windows(data, starts, context_length)
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on the training device. For a GPU it goes through page-locked memory first, so the
+    non_blocking copy really overlaps with the GPU's work (from pageable memory it cannot)."""
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)

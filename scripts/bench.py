@@ -1,0 +1,378 @@
+"""Side by side: the book's train.py against this trainer, same corpus, same hyperparameters.
+
+    python scripts/bench.py                      # 1 baseline run, 3 of ours, alternating (~10 min here)
+    python scripts/bench.py --quick              # 100 steps, one run each: a smoke test of the bench
+    python scripts/bench.py --baseline-reps 0 --variant t1:num_threads=1 --variant t2:num_threads=2
+
+The baseline is `../shared/baseline/seed_train.py` (or --baseline DIR), run unchanged through
+scripts/run_baseline.py, which only adds a save of its final model. Ours is `python -m trainer
+data=text data_path=<csv>` with the book's hyperparameters. Runs alternate (ours, book, ours,
+...), so that a busy machine slows both alike; each figure is the median over the repetitions.
+
+Measured per run, in a child process each:
+- wall time from spawning the process to its exit (the checkpoint is saved before it exits);
+- training tokens/s: max_iters * batch_size * context_length over that wall time ("run"), and
+  over the training loop alone with its evaluations ("loop": the book's own printed figure, and
+  our summary.json's wall_s);
+- peak RSS and CPU time of that child alone (os.wait4's rusage);
+- final valid loss, re-evaluated here for both models on the SAME windows: every
+  non-overlapping window of the valid split (the last 10% of the corpus), in cl100k ids.
+
+Why the compacted model's loss compares with the book's: our model's softmax covers only the
+token ids present in the corpus; read as a model over all cl100k ids, it gives every other id
+probability 0 (logit -inf). Those ids are never targets, so its cross-entropy over the full id
+space is exactly the compact one: same targets, same windows, a proper distribution over the
+same ids. One caveat is reported with the numbers: the id set comes from the whole corpus, valid
+split included, so a valid token that never occurs in the train split still gets an (untrained)
+output row. The table also gives the book model's loss restricted to the same id set
+(renormalized over it), the comparison with that knowledge given to both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parent.parent
+# ../shared next to the checkout (or next to the dir holding it, for a worktree under wt/)
+SHARED = next((d / "shared" for d in (REPO.parent, REPO.parent.parent) if (d / "shared").is_dir()),
+              REPO.parent / "shared")
+DEFAULT_BASELINE = SHARED / "baseline"
+DEFAULT_DATA = SHARED / "data" / "github_pr_titles.csv"
+sys.path.insert(0, str(REPO))  # this checkout's trainer (tokenizer cache, CPU peak, model)
+
+# The book's hyperparameters (seed_train.py's h_params), as this trainer's overrides.
+BOOK = dict(d_model=80, num_blocks=6, num_heads=4, batch_size=2, context_length=128, max_iters=500,
+            learning_rate=1e-3, dropout=0.1, eval_interval=50, eval_iters=10, TORCH_SEED=1337)
+
+
+@dataclass
+class Run:
+    who: str  # "book" or a variant name
+    rep: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    loop_s: Optional[float]  # the training loop with its evals, as the program itself reports it
+    own_valid_loss: Optional[float]  # the last valid loss the program printed
+    model_path: Path
+    eval_loss: Optional[float] = None  # re-evaluated on the shared fixed windows
+    eval_loss_restricted: Optional[float] = None  # book only: softmax over the corpus's ids
+
+
+@dataclass
+class Variant:
+    name: str
+    overrides: list[str] = field(default_factory=list)
+    repo: Path = REPO
+
+
+def parse_variant(spec: str) -> Variant:
+    """NAME[@CHECKOUT][:key=value,key=value]: our trainer from CHECKOUT with extra overrides."""
+    head, _, overrides = spec.partition(":")
+    name, _, repo = head.partition("@")
+    return Variant(name, [o for o in overrides.split(",") if o], Path(repo).resolve() if repo else REPO)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def timed_child(cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path) -> tuple[float, float, float, int]:
+    """Run cmd; return (wall s, CPU s, peak RSS MB, exit code) of this child alone."""
+    with open(log_path, "w") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode
+
+
+def run_book(args, rep: int, work: Path, env: dict[str, str]) -> Run:
+    out = work / f"book-{rep}.pt"
+    log = work / f"book-{rep}.log"
+    cmd = [sys.executable, str(REPO / "scripts" / "run_baseline.py"), str(args.baseline), str(out),
+           str(args.data), str(args.iters)]
+    wall, cpu, rss, code = timed_child(cmd, log, env, work)
+    text = log.read_text()
+    if code != 0:
+        sys.exit(f"error: the baseline failed (exit {code}); see {log}:\n{text[-2000:]}")
+    loop = re.search(r"loop_s=([\d.]+)", text)
+    losses = re.findall(r"Validation Loss: ([\d.]+)", text)
+    return Run("book", rep, wall, cpu, rss, float(loop.group(1)) if loop else None,
+               float(losses[-1]) if losses else None, out)
+
+
+def our_command(args, variant: Variant, run_dir: Path, iters: int) -> list[str]:
+    book = {**BOOK, "max_iters": iters}
+    return [sys.executable, "-m", "trainer", "data=text", f"data_path={args.data}", "device=cpu",
+            *(f"{k}={v}" for k, v in book.items()), f"hydra.run.dir={run_dir}", "progress=false",
+            *variant.overrides]
+
+
+def run_ours(args, variant: Variant, rep: int, work: Path, env: dict[str, str]) -> Run:
+    run_dir = work / f"{variant.name}-{rep}"
+    log = work / f"{variant.name}-{rep}.log"
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(variant.repo), env.get("PYTHONPATH")]))}
+    wall, cpu, rss, code = timed_child(our_command(args, variant, run_dir, args.iters), log, env, work)
+    if code != 0:
+        sys.exit(f"error: {variant.name} failed (exit {code}); see {log}:\n{log.read_text()[-2000:]}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return Run(variant.name, rep, wall, cpu, rss, summary.get("wall_s"), summary.get("final_valid_loss"),
+               run_dir / "model.ckpt")
+
+
+# ----------------------------------------------------------------------------- evaluating
+
+
+def valid_windows(data_path: Path, context_length: int, train_split: float = 0.9):
+    """Every non-overlapping window of the valid split, in cl100k ids: inputs and targets (N, T),
+    plus the corpus's sorted id set and the ids of the train split (for the caveat)."""
+    import numpy as np
+    import torch
+
+    from trainer.data import read_text, tokenize
+
+    ids = tokenize(read_text(str(data_path), None), "cl100k_base").astype(np.int64)
+    n_train = int(len(ids) * train_split)  # the book's split and ours: the same position
+    valid = torch.from_numpy(ids[n_train:])
+    n = (len(valid) - 1) // context_length
+    starts = torch.arange(n) * context_length
+    idx = starts[:, None] + torch.arange(context_length + 1)
+    chunk = valid[idx]
+    return chunk[:, :-1], chunk[:, 1:], torch.from_numpy(np.unique(ids)), torch.from_numpy(np.unique(ids[:n_train]))
+
+
+def _mean_ce(logits_fn, x, y, rows: int, allowed=None) -> float:
+    """Mean next-token cross-entropy over all windows, `rows` windows per forward. allowed: a
+    column subset to renormalize over (the others count as probability 0)."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for xb, yb in zip(x.split(rows), y.split(rows), strict=True):
+            logits = logits_fn(xb)  # (B, T, V)
+            if allowed is not None:
+                logits = logits[..., allowed]
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), yb.reshape(-1),
+                                     reduction="sum").item()
+            count += yb.numel()
+    return total / count
+
+
+def eval_book(path: Path, baseline_dir: Path, x, y, vocab) -> tuple[float, float]:
+    """The book model's loss over all its max_token_value classes, and restricted to the corpus's ids."""
+    import torch
+
+    sys.path.insert(0, str(baseline_dir))
+    from seed_model import Model
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = Model(state["h_params"])
+    model.load_state_dict(state["model_state_dict"])
+    model.eval()
+    full = _mean_ce(lambda xb: model(xb)[0], x, y, rows=2)
+    rank = torch.searchsorted(vocab, y.contiguous())  # the targets as positions in the corpus's id set
+    restricted = _mean_ce(lambda xb: model(xb)[0], x, rank, rows=2, allowed=vocab)
+    return full, restricted
+
+
+def eval_ours(path: Path, repo: Path, x, y) -> float:
+    """Our model's loss in cl100k id space: a compacted model gives ids outside its vocab logit
+    -inf, which never are targets, so the loss equals the one over its own classes."""
+    import torch
+
+    sys.path.insert(0, str(repo))
+    from trainer.model import GPT
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = GPT(state["h_params"])
+    model.load_state_dict(state["model_state_dict"])
+    model.eval()
+    vocab = state.get("vocab")
+    if vocab is None:  # no compaction: model ids are cl100k ids
+        return _mean_ce(lambda xb: model(xb)[0], x, y, rows=8)
+    to_model = torch.searchsorted(vocab, x.contiguous())
+    assert torch.equal(vocab[to_model], x), "a valid token outside the checkpoint's vocab"
+    return _mean_ce(lambda i: model(to_model[i])[0], torch.arange(len(x)), torch.searchsorted(vocab, y.contiguous()), rows=8)
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {cores} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def med(values: list[float]) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def cell(values: list[Optional[float]], fmt: str) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    text = format(statistics.median(values), fmt)
+    if len(values) > 1 and min(values) != max(values):
+        text += f" ({format(min(values), fmt)}-{format(max(values), fmt)})"
+    return text
+
+
+def table(runs: list[Run], names: list[str], tokens: int) -> str:
+    book = [r for r in runs if r.who == "book"]
+    by = {n: [r for r in runs if r.who == n] for n in names}
+    cols = (["book's train.py"] if book else []) + names
+    groups = ([book] if book else []) + [by[n] for n in names]
+    rows = [
+        ("wall time, process start to checkpoint saved (s)", lambda r: r.wall_s, ".1f", "time"),
+        ("training tokens/s, whole run", lambda r: tokens / r.wall_s, ",.0f", "rate"),
+        ("training tokens/s, training loop with evals", lambda r: tokens / r.loop_s if r.loop_s else None, ",.0f", "rate"),
+        ("CPU time, user + sys (s)", lambda r: r.cpu_s, ".1f", "time"),
+        ("peak RSS (MB)", lambda r: r.peak_rss_mb, ",.0f", "time"),
+        ("final valid loss, same fixed windows for both", lambda r: r.eval_loss, ".4f", None),
+        ("final valid loss, book's softmax renormalized over the corpus's ids",
+         lambda r: r.eval_loss_restricted, ".4f", None),
+        ("last valid loss each program printed (its own batches)", lambda r: r.own_valid_loss, ".3f", None),
+    ]
+    head = "| | " + " | ".join(cols) + (" | " + " | ".join(f"book / {n}" for n in names) if book else "") + " |"
+    lines = [head, "|" + "---|" * (1 + len(cols) + (len(names) if book else 0))]
+    for label, get, fmt, kind in rows:
+        vals = [[get(r) for r in g] for g in groups]
+        if all(not [v for v in vs if v is not None] for vs in vals):
+            continue
+        line = f"| {label} | " + " | ".join(cell(vs, fmt) for vs in vals)
+        if book:
+            ratios = []
+            for vs in vals[1:]:
+                b, o = med(vals[0]), med(vs)
+                if kind and b and o:
+                    ratios.append(f"**{b / o:.1f}x**" if kind == "time" else f"**{o / b:.1f}x**")
+                else:
+                    ratios.append("")
+            line += " | " + " | ".join(ratios)
+        lines.append(line + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE, help="dir with seed_train.py")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the corpus, read raw by both")
+    p.add_argument("--iters", type=int, default=BOOK["max_iters"])
+    p.add_argument("--reps", type=int, default=3, help="runs of each of our variants")
+    p.add_argument("--baseline-reps", type=int, default=1, help="runs of the book's script (~410 s each here)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME[@CHECKOUT][:k=v,...]",
+                   help="one of our configurations to time (default: ours, the default config)")
+    p.add_argument("--quick", action="store_true", help="100 steps, one run each")
+    p.add_argument("--workdir", type=Path, help="where runs, logs and bench.json go (default: a temp dir)")
+    args = p.parse_args()
+    if args.quick:
+        args.iters, args.reps, args.baseline_reps = 100, 1, min(args.baseline_reps, 1)
+    args.data = args.data.resolve()
+    args.baseline = args.baseline.resolve()
+    if not args.data.is_file():
+        sys.exit(f"error: --data {args.data}: file not found")
+    if args.baseline_reps and not (args.baseline / "seed_train.py").is_file():
+        print(f"note: no {args.baseline / 'seed_train.py'}: timing our trainer only", file=sys.stderr)
+        args.baseline_reps = 0
+    variants = [parse_variant(v) for v in args.variant] or [Variant("ours")]
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_", "TRAINER_"))}
+    env.update(TRAINER_CACHE_DIR=str(work / "cache"), PYTHONUNBUFFERED="1")
+    tokens = args.iters * BOOK["batch_size"] * BOOK["context_length"]
+    print(f"machine: {machine()}", flush=True)
+    print(f"corpus: {args.data}; {args.iters} steps x {BOOK['batch_size']} x {BOOK['context_length']} tokens; "
+          f"workdir {work}")
+
+    # A one-step run of each variant first, untimed: it fills the tokenizer cache (part of our
+    # design; the book tokenizes in every run) and measures the CPU peak for MFU (cached too).
+    for v in variants:
+        warm = subprocess.run(our_command(args, v, work / f"warmup-{v.name}", 1) + ["eval_interval=1"],
+                              env={**env, "PYTHONPATH": str(v.repo)}, cwd=work, capture_output=True, text=True)
+        if warm.returncode:
+            sys.exit(f"error: warm-up of {v.name} failed:\n{warm.stderr[-2000:]}")
+    peaks = work / "cache" / "cpu-peak-flops.json"
+    for key, flops in (json.loads(peaks.read_text()) if peaks.exists() else {}).items():
+        print(f"measured CPU peak for MFU: {flops / 1e9:.1f} GFLOP/s a core ({key})")
+
+    runs: list[Run] = []
+    for rep in range(max(args.reps, args.baseline_reps)):
+        schedule = [v for v in variants if rep < args.reps]
+        if rep < args.baseline_reps:  # between our runs: ours, book, ours, book, ours
+            schedule.insert(len(schedule) // 2 if len(schedule) > 1 else 1, None)
+        for v in schedule:
+            started = datetime.datetime.now().strftime("%H:%M:%S")
+            r = run_book(args, rep, work, env) if v is None else run_ours(args, v, rep, work, env)
+            runs.append(r)
+            print(f"[{started}] {r.who} #{rep + 1}: {r.wall_s:.1f} s wall, {r.cpu_s:.1f} s CPU, "
+                  f"{r.peak_rss_mb:,.0f} MB peak RSS, own last valid loss {r.own_valid_loss}; "
+                  f"load average after it {loadavg()}", flush=True)
+
+    x, y, vocab, train_ids = valid_windows(args.data, BOOK["context_length"])
+    unseen = (~torch.isin(y, train_ids)).sum().item()
+    for r in runs:
+        if r.who == "book":
+            r.eval_loss, r.eval_loss_restricted = eval_book(r.model_path, args.baseline, x, y, vocab)
+        else:
+            repo = next(v.repo for v in variants if v.name == r.who)
+            r.eval_loss = eval_ours(r.model_path, repo, x, y)
+
+    ours = [r for r in runs if r.who != "book"]
+    deterministic = {n.name: len({r.eval_loss for r in ours if r.who == n.name}) == 1 for n in variants}
+    print()
+    print(f"Machine: {machine()}; {datetime.date.today()}. Book's hyperparameters (d_model 80, 6 blocks, "
+          f"4 heads, batch 2, context 128, {args.iters} steps, lr 1e-3, dropout 0.1, eval every 50 on 10 "
+          f"batches), corpus {args.data.name} read raw. Median over {args.baseline_reps} run(s) of the book's "
+          f"script and {args.reps} of ours, alternating (min-max in brackets).")
+    print()
+    print(table(runs, [v.name for v in variants], tokens))
+    print()
+    print(f"Fixed evaluation: all {len(x)} non-overlapping {BOOK['context_length']}-token windows of the "
+          f"valid split ({y.numel():,} targets, {unseen} of them ids absent from the train split; "
+          f"{len(vocab):,} distinct ids in the corpus). Same final valid loss in every run of ours: "
+          + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in deterministic.items()) + ".")
+    for v in variants:
+        print(f"{v.name}: python -m trainer " + " ".join(shlex.quote(a) for a in our_command(args, v, Path('RUN'), args.iters)[3:]))
+    (work / "bench.json").write_text(json.dumps([{**r.__dict__, "model_path": str(r.model_path)} for r in runs], indent=1))
+
+
+if __name__ == "__main__":
+    main()
