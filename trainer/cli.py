@@ -38,7 +38,6 @@ from trainer.train import RunInfo, train
 
 log = logging.getLogger("trainer")
 
-SUMMARY_NAME = "summary.json"
 _FRESH_DIR_ENV = "TRAINER_FRESH_RUN_DIR"  # the dir made for this run, removed if it fails before training
 
 
@@ -194,7 +193,7 @@ def task(cfg: DictConfig) -> float:
         _fail(f"interrupted; continue with: python -m trainer resume={run_dir}" if ckpt.exists()
               else "interrupted before the first checkpoint", 130)
     if env_rank() == 0:
-        (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+        (run_dir / sweep.JOB_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     return summary["best_valid_loss"]
 
 

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
-JOB_SUMMARY = "summary.json"  # written by trainer.cli.task when a job finishes
+JOB_SUMMARY = "summary.json"  # every run's summary, written by trainer.cli.task when it finishes
 ERROR_NAME = "error.txt"  # written here when a job fails: its one-line error
 BATCH_ENV = "TRAINER_SWEEP_BATCH"  # how many jobs the sweeper hands the launcher at once
 COLUMNS = ["job", "overrides", "status", "best_valid_loss", "final_valid_loss", "tokens_per_s", "wall_s",

@@ -187,9 +187,9 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
         tracker = WandbRun(cfg.wandb, run_dir, h, group=info.group, name=info.name or run_dir.name,
                            resume_id=wandb_id)
     if d.is_main:
-        log.info("%s on %s (%d threads)%s: %s parameters, %s tokens (vocab %s of %s ids), effective batch %d "
+        log.info("%s on %s (%d thread%s)%s: %s parameters, %s tokens (vocab %s of %s ids), effective batch %d "
                  "(batch_size %d x %d accumulation x %d ranks), run dir %s",
-                 "Resuming" if resume_state else "Training", device, threads,
+                 "Resuming" if resume_state else "Training", device, threads, "" if threads == 1 else "s",
                  f" x {d.world_size} ranks ({'nccl' if device.type == 'cuda' else 'gloo'})" if d.enabled else "",
                  f"{raw_model.num_params():,}", f"{corpus.n_tokens:,}", f"{corpus.vocab_size:,}",
                  f"{corpus.max_token_value:,}", effective_batch, cfg.batch_size, cfg.gradient_accumulation_steps,
