@@ -7,6 +7,7 @@ worth running once per module, so these build the same environment for a module'
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,5 +44,4 @@ def job_dirs(sweep: Path) -> list[Path]:
 
 def threads_used(job_dir: Path) -> int:
     """The CPU threads the job trained with, from its log line 'Training on cpu (N threads)'."""
-    line = next(ln for ln in (job_dir / "train.log").read_text().splitlines() if " threads)" in ln)
-    return int(line.split("(")[1].split(" threads")[0])
+    return int(re.search(r"on cpu \((\d+) threads?\)", (job_dir / "train.log").read_text()).group(1))

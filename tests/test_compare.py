@@ -16,9 +16,9 @@ def runs(tmp_path_factory, cache_dir):
     """A 3-point learning-rate sweep, and one single run elsewhere that also differs in max_iters."""
     root = tmp_path_factory.mktemp("compare")
     env = trainer_env(cache_dir)
-    proc = run_module("trainer", "-m", "learning_rate=3e-3,1e-3,1e-4", *TINY, "num_threads=1", cwd=root, env=env)
+    proc = run_module("trainer", "-m", "learning_rate=3e-3,1e-3,1e-4", *TINY, cwd=root, env=env)
     assert proc.returncode == 0, proc.stderr
-    proc = run_module("trainer", *TINY, "num_threads=1", "learning_rate=2e-3", "max_iters=10", cwd=root, env=env)
+    proc = run_module("trainer", *TINY, "learning_rate=2e-3", "max_iters=10", cwd=root, env=env)
     assert proc.returncode == 0, proc.stderr
     (single,) = run_dirs(root)
     return root, env, sweep_dir(root), single

@@ -14,6 +14,7 @@ from sweep_runs import job_dirs, sweep_dir, threads_used
 
 from trainer import sweep
 
+AUTO_THREADS = [a for a in TINY if not a.startswith("num_threads=")]  # the launcher decides the threads
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -23,7 +24,7 @@ def summary_rows(sweep_path):
 
 
 def test_learning_rate_sweep_gives_one_run_dir_per_job_and_a_summary(cli, tmp_path):
-    proc = cli("-m", "learning_rate=1e-3,3e-4", *TINY, "num_threads=1")  # 1 thread: quickest on a busy CPU
+    proc = cli("-m", "learning_rate=1e-3,3e-4", *TINY)
     assert proc.returncode == 0, proc.stderr
     root = sweep_dir(tmp_path)
     jobs = job_dirs(root)
@@ -52,7 +53,7 @@ def test_learning_rate_sweep_gives_one_run_dir_per_job_and_a_summary(cli, tmp_pa
 
 def test_a_failing_job_is_listed_as_failed_and_the_others_still_run(cli, tmp_path):
     # dropout=1.5 is out of range: that job fails its checks before training; the other trains.
-    proc = cli("-m", "dropout=1.5,0.0", *TINY, "num_threads=1")
+    proc = cli("-m", "dropout=1.5,0.0", *TINY)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: dropout=1.5: must be in [0, 1)"
     root = sweep_dir(tmp_path)
@@ -106,7 +107,7 @@ def test_the_batch_size_is_known_before_the_jobs_start():
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_two_jobs_side_by_side_sharing_the_cores(cli, tmp_path):
-    proc = cli("-m", "learning_rate=1e-3,3e-4", *TINY, "hydra/launcher=joblib")
+    proc = cli("-m", "learning_rate=1e-3,3e-4", *AUTO_THREADS, "hydra/launcher=joblib")
     assert proc.returncode == 0, proc.stderr
     assert "Joblib.Parallel(n_jobs=-1" in proc.stdout + proc.stderr
     root = sweep_dir(tmp_path)
@@ -118,7 +119,7 @@ def test_joblib_launcher_runs_two_jobs_side_by_side_sharing_the_cores(cli, tmp_p
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_two_jobs(cli, tmp_path):
-    proc = cli("-m", "learning_rate=1e-3,3e-4", *TINY, "hydra/launcher=submitit_local")
+    proc = cli("-m", "learning_rate=1e-3,3e-4", *AUTO_THREADS, "hydra/launcher=submitit_local")
     assert proc.returncode == 0, proc.stderr
     root = sweep_dir(tmp_path)
     assert (root / ".submitit").is_dir()  # submitit's own job records

@@ -27,7 +27,7 @@ def wandb_sweep(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("wandb-sweep")
     # No API key and no netrc: the default mode must be offline, without touching the network.
     env = trainer_env(cache_dir, NETRC=str(root / "no-netrc"))
-    proc = run_module("trainer", "-m", "learning_rate=1e30,1e-3,3e-4", *TINY, "num_threads=1",
+    proc = run_module("trainer", "-m", "learning_rate=1e30,1e-3,3e-4", *TINY,
                       "wandb.enabled=true", cwd=root, env=env)
     sweep = sweep_dir(root)
     return proc, root, sweep, job_dirs(sweep)
