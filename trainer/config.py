@@ -114,14 +114,15 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=TrainConfig)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A config value without its Enum wrapper: cfg.device is Device.cpu, plain(cfg.device) is "cpu"."""
     return value.value if isinstance(value, Enum) else value
 
 
 def h_params_of(cfg: DictConfig) -> dict[str, Any]:
     """The flat dict of hyperparameters, resolved, under the book's names."""
     root = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    return {k: _plain(v) for k, v in root.items() if k not in NOT_H_PARAMS and k != "hydra"}
+    return {k: plain(v) for k, v in root.items() if k not in NOT_H_PARAMS and k != "hydra"}
 
 
 def validate(cfg: DictConfig) -> None:

@@ -9,6 +9,8 @@ import math
 import torch
 from omegaconf import DictConfig
 
+from trainer.config import plain
+
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.device,
                     eager: bool = True) -> torch.optim.Optimizer:
@@ -16,7 +18,7 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.devic
     ~10 per-tensor ops, 3x faster on CPU). eager=True (nothing compiled) also skips the
     `import torch._dynamo` that torch.optim does on first use (1 s of CPU at startup)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    name = str(cfg.optimizer.value if hasattr(cfg.optimizer, "value") else cfg.optimizer)
+    name = plain(cfg.optimizer)
     classes = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     if name not in classes:
         raise ValueError(f"unknown optimizer {name}")  # unreachable: the schema's enum checks it
@@ -37,7 +39,7 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.devic
 def learning_rate_at(step: int, cfg: DictConfig) -> float:
     """constant (the book's), or linear warmup then cosine decay to min_lr at max_iters."""
     lr, warmup = cfg.learning_rate, cfg.warmup_iters
-    schedule = str(cfg.lr_schedule.value if hasattr(cfg.lr_schedule, "value") else cfg.lr_schedule)
+    schedule = plain(cfg.lr_schedule)
     if warmup and step < warmup:
         return lr * (step + 1) / warmup
     if schedule == "constant":

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainer import checkpoint, distributed
-from trainer.config import h_params_of, validate
+from trainer.config import h_params_of, plain, validate
 from trainer.data import BatchSampler, Corpus, fixed_eval_windows, load_corpus, to_device
 from trainer.device import autocast, autocast_dtype, configure, peak_flops, resolve_device
 from trainer.errors import UserError
@@ -112,7 +112,7 @@ def train(cfg: DictConfig, run_dir: Path, info: Optional[RunInfo] = None) -> dic
     """Train as cfg says, writing into run_dir; return the run's summary (best_valid_loss, ...)."""
     info = info or RunInfo()
     validate(cfg)
-    device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
+    device = resolve_device(plain(cfg.device))
     resume_state = checkpoint.load(cfg.resume, key="resume") if cfg.resume else None  # fails before any work
     if resume_state is not None:
         _check_world_size(resume_state, cfg.resume)
@@ -153,7 +153,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, 
     eval_sets = {"train": fixed_eval_windows(corpus.train, n_eval, cfg.context_length, seed + 1),
                  "valid": fixed_eval_windows(corpus.valid, n_eval, cfg.context_length, seed + 2)}
     rows_per_forward = eval_rows_per_forward(device, cfg.context_length, corpus.vocab_size)
-    amp = autocast_dtype(device, str(cfg.dtype.value if hasattr(cfg.dtype, "value") else cfg.dtype))
+    amp = autocast_dtype(device, plain(cfg.dtype))
 
     start_step, best, elapsed_before, wandb_id = 0, math.inf, 0.0, None
     if resume_state is not None:
