@@ -18,6 +18,16 @@ from trainer import checkpoint
 from trainer.config import CONF_DIR, OUTPUTS
 from trainer.errors import UserError
 
+# The checkpoint resume_overrides read, handed to the training run once (a gpt2 one is ~1.5 GB).
+_read: dict[str, dict] = {}
+
+
+def load_state(path: str) -> dict:
+    """The checkpoint to resume from: the one read before Hydra started, or (trainer.train called
+    directly) read now."""
+    state = _read.pop(str(path), None)
+    return state if state is not None else checkpoint.load(path, key="resume")
+
 
 def resume_overrides(resume: str, overrides: list[str]) -> list[str]:
     """The overrides that put this invocation back in the run to resume, before the user's own."""
@@ -25,6 +35,7 @@ def resume_overrides(resume: str, overrides: list[str]) -> list[str]:
     ckpt = checkpoint.resolve(find_auto(others) if resume == "auto" else resume, key="resume")
     state = checkpoint.load(ckpt, key="resume")
     checkpoint.require_resumable(state, resume)
+    _read[str(ckpt)] = state
     run_dir = ckpt.parent
     saved = run_dir / ".hydra" / "overrides.yaml"
     original = [o for o in OmegaConf.load(saved) if not o.startswith(("resume=", "hydra"))] if saved.exists() else []

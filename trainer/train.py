@@ -26,6 +26,7 @@ from trainer.device import autocast, autocast_dtype, configure, peak_flops, reso
 from trainer.errors import UserError
 from trainer.model import GPT
 from trainer.optim import build_optimizer, learning_rate_at
+from trainer.resume import load_state
 from trainer.tracking import MetricsLog, WandbRun
 
 log = logging.getLogger("trainer")
@@ -113,7 +114,7 @@ def train(cfg: DictConfig, run_dir: Path, info: Optional[RunInfo] = None) -> dic
     info = info or RunInfo()
     validate(cfg)
     device = resolve_device(plain(cfg.device))
-    resume_state = checkpoint.load(cfg.resume, key="resume") if cfg.resume else None  # fails before any work
+    resume_state = load_state(cfg.resume) if cfg.resume else None  # fails before any work
     if resume_state is not None:
         _check_world_size(resume_state, cfg.resume)
     d, device = distributed.setup(device)
