@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from trainer.config import NOT_H_PARAMS
+from trainer.config import NOT_H_PARAMS, flatten
 from trainer.errors import UserError
 from trainer.sweep import ERROR_NAME, JOB_SUMMARY
 from trainer.tracking import read_metrics
@@ -61,16 +61,6 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def find_runs(paths: list[str]) -> list[Path]:
     """Each path is a run dir (it has .hydra/config.yaml) or a dir holding some, at any depth."""
     found: list[Path] = []
@@ -99,7 +89,7 @@ def load_run(path: Path) -> Run:
         config = OmegaConf.to_container(cfg, resolve=False)
     summary = json.loads((path / JOB_SUMMARY).read_text()) if (path / JOB_SUMMARY).is_file() else {}
     status = "ok" if summary else "failed" if (path / ERROR_NAME).exists() else "incomplete"
-    return Run(path=path, config=_flat(config), metrics=read_metrics(path), summary=summary, status=status)
+    return Run(path=path, config=flatten(config), metrics=read_metrics(path), summary=summary, status=status)
 
 
 def differing_keys(runs: list[Run]) -> list[str]:

@@ -119,6 +119,17 @@ def plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
+def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as one level of dotted keys: {"wandb": {"mode": x}} -> {"wandb.mode": x}."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def h_params_of(cfg: DictConfig) -> dict[str, Any]:
     """The flat dict of hyperparameters, resolved, under the book's names."""
     root = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer import checkpoint
-from trainer.config import CONF_DIR, OUTPUTS
+from trainer.config import CONF_DIR, OUTPUTS, flatten
 from trainer.errors import UserError
 
 # The checkpoint resume_overrides read, handed to the training run once (a gpt2 one is ~1.5 GB).
@@ -75,20 +75,13 @@ def changed_since_start(run_dir: Path, state: dict) -> list[str]:
     if not saved.exists() or not isinstance(state.get("config"), dict):
         return []
     try:
-        start = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+        start = flatten(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
     except OmegaConfBaseException:
         return []
     out = []
-    for key, value in _flat(state["config"]).items():
+    for key, value in flatten(state["config"]).items():
         if key != "resume" and key in start and start[key] != value and _literal(value) is not None:
             out.append(f"{key}={_literal(value)}")
-    return out
-
-
-def _flat(node: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in node.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
