@@ -1,21 +1,13 @@
-"""Shared fixtures: every test trains for real, through the same CLI a user types, in tmp dirs."""
+"""Fixtures: a session-wide tokenizer cache, and the CLI run as a user runs it, in tmp dirs.
+Everything else the tests share is in helpers.py."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-# A model small enough that a run of a few dozen steps takes a second or two on a laptop CPU.
-TINY = ["d_model=32", "num_blocks=2", "num_heads=2", "context_length=32", "batch_size=4",
-        "max_iters=20", "eval_interval=10", "eval_iters=2", "device=cpu", "num_threads=1"]
+from helpers import Result, run_in_process, run_module, trainer_env
 
 
 @pytest.fixture(scope="session")
@@ -26,32 +18,29 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def env(cache_dir) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    # PYTHONPATH: subprocesses import this checkout's trainer, whatever the venv's editable install points at
-    e.update(TRAINER_CACHE_DIR=str(cache_dir), WANDB_SILENT="true", PYTHONUNBUFFERED="1",
-             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    e.pop("RANK", None)
-    e.pop("WORLD_SIZE", None)
-    return e
+    return trainer_env(cache_dir)
 
 
 @pytest.fixture
 def cli(tmp_path, env):
-    """Run `python -m <module> args...` in tmp_path (where outputs/ lands); returns the CompletedProcess."""
+    """Run `python -m <module> args...` in a child process in tmp_path (where outputs/ lands)."""
 
     def run(*args: str, module: str = "trainer", cwd: Path | None = None, timeout: float = 300,
             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or tmp_path,
-                              env={**env, **(extra_env or {})}, capture_output=True, text=True,
-                              timeout=timeout)
+        return run_module(module, *args, cwd=cwd or tmp_path, env={**env, **(extra_env or {})}, timeout=timeout)
 
     return run
 
 
-def run_dirs(root: Path) -> list[Path]:
-    """Every single-run dir under root/outputs/<date>/<time>, oldest first."""
-    return sorted(p for p in (root / "outputs").glob("*/*") if p.is_dir() and p.parts[-2] != "multirun")
+@pytest.fixture
+def trainer_here(tmp_path, cache_dir, monkeypatch):
+    """Run `python -m trainer args...` in this process, in tmp_path (or cwd=...): for what needs no
+    process of its own (argv handling, config checks, one-line errors)."""
+    for key in ("WANDB_MODE", "HYDRA_FULL_ERROR", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(cache_dir))
 
+    def run(*args: str, cwd: Path | None = None) -> Result:
+        return run_in_process(*args, cwd=cwd or tmp_path)
 
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run

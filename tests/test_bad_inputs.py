@@ -1,29 +1,23 @@
 """Every user mistake: one line on stderr naming the key or path, exit code 2, no traceback, and
-nothing already on disk touched (run dirs, checkpoints, the user's files)."""
+nothing already on disk touched (run dirs, checkpoints, the user's files).
+
+Each case runs the whole command line (trainer.cli.main: argv, Hydra, config checks, data,
+checkpoint loading) in this process: none of them needs a process of its own, and 25 child
+processes would cost half a minute of interpreter and torch start-up."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY
+from helpers import TINY, run_module, trainer_env
+
+from trainer import rundir
 
 RUN = "outputs/day/run"  # an existing, finished run that every case must leave alone
-
-
-def subprocess_env(cache_dir: Path) -> dict[str, str]:
-    """As conftest's `env`, for a module-scoped workspace."""
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    e.update(TRAINER_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1",
-             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    e.pop("RANK", None)
-    e.pop("WORLD_SIZE", None)
-    return e
 
 
 class Evil:
@@ -39,14 +33,13 @@ class Evil:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, cache_dir) -> Path:
     ws = tmp_path_factory.mktemp("workspace")
-    done = subprocess.run([sys.executable, "-m", "trainer", *TINY, "max_iters=2", f"hydra.run.dir={RUN}"],
-                          cwd=ws, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300)
+    done = run_module("trainer", *TINY, "max_iters=2", f"hydra.run.dir={RUN}", cwd=ws, env=trainer_env(cache_dir))
     assert done.returncode == 0, done.stderr
-    good = (ws / RUN / "model.ckpt").read_bytes()
+    good = (ws / RUN / rundir.CKPT).read_bytes()
     (ws / "truncated.ckpt").write_bytes(good[: len(good) // 2])
     (ws / "garbage.ckpt").write_text("not a checkpoint\n")
     (ws / "empty.ckpt").write_bytes(b"")
-    state = torch.load(ws / RUN / "model.ckpt", weights_only=True)
+    state = torch.load(ws / RUN / rundir.CKPT, weights_only=True)
     torch.save({k: state[k] for k in ("model_state_dict", "h_params")}, ws / "book.ckpt")  # the book's keys only
     torch.save({**state, "extra": Evil(ws / "PWNED")}, ws / "evil.ckpt")
     (ws / "empty.txt").write_text("")
@@ -97,12 +90,11 @@ CASES = [  # (what, overrides, the culprit the one line must name)
 
 
 @pytest.mark.parametrize("args, culprit", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_a_mistake_is_one_line_exit_2_and_touches_nothing(workspace, cache_dir, args, culprit):
+def test_a_mistake_is_one_line_exit_2_and_touches_nothing(workspace, trainer_here, args, culprit):
     if "device=cuda" in args and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     before = snapshot(workspace)
-    r = subprocess.run([sys.executable, "-m", "trainer", *TINY, *args], cwd=workspace,
-                       env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300)
+    r = trainer_here(*TINY, *args, cwd=workspace)
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 1, r.stderr
@@ -114,9 +106,7 @@ def test_a_mistake_is_one_line_exit_2_and_touches_nothing(workspace, cache_dir, 
 
 @pytest.mark.parametrize("args", [["dropout=1.5"], ["d_model=abc"]], ids=["trainer check", "Hydra override"])
 def test_hydra_full_error_gives_the_whole_traceback(tmp_path, cache_dir, args):
-    env = {**subprocess_env(cache_dir), "HYDRA_FULL_ERROR": "1"}
-    r = subprocess.run([sys.executable, "-m", "trainer", *TINY, *args], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = run_module("trainer", *TINY, *args, cwd=tmp_path, env=trainer_env(cache_dir, HYDRA_FULL_ERROR="1"))
     assert r.returncode != 0
     assert "Traceback (most recent call last)" in r.stderr
     assert args[0] in r.stderr

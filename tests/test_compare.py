@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY, run_dirs
-from sweep_runs import job_dirs, run_module, sweep_dir, trainer_env
+from helpers import TINY, job_dirs, run_dirs, run_module, sweep_dir, trainer_env
+
+from trainer import rundir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -25,7 +26,7 @@ def runs(tmp_path_factory, cache_dir):
 
 
 def best_of(run_dir):
-    return json.loads((run_dir / "summary.json").read_text())["best_valid_loss"]
+    return json.loads((run_dir / rundir.SUMMARY).read_text())["best_valid_loss"]
 
 
 def test_table_is_sorted_by_best_valid_loss_with_the_keys_that_differ_as_columns(runs):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf.errors import ValidationError
 
 from trainer.config import CONF_DIR, h_params_of, register_configs, validate
 from trainer.errors import UserError
+from trainer.optim import OPTIMIZERS, OptimizerSpec, build_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +62,41 @@ def test_book_names_override_from_the_command_line(make_cfg):
     assert cfg.d_model == 128 and cfg.num_blocks == 12 and cfg.learning_rate == 3e-4
 
 
-@pytest.mark.parametrize("optimizer, knob", [("adamw", "weight_decay"), ("adam", "beta2"), ("sgd", "momentum")])
-def test_optimizer_presets(make_cfg, optimizer, knob):
+@pytest.mark.parametrize("optimizer, torch_class, settings", [
+    ("adamw", torch.optim.AdamW, {"learning_rate": 1e-3, "weight_decay": 0.01, "beta2": 0.999}),
+    ("adam", torch.optim.Adam, {"learning_rate": 1e-3, "weight_decay": 0.0, "beta2": 0.999}),
+    ("sgd", torch.optim.SGD, {"learning_rate": 0.1, "weight_decay": 0.0, "momentum": 0.9}),
+])
+def test_optimizer_presets_build_their_torch_optimizer(make_cfg, optimizer, torch_class, settings):
     cfg = make_cfg(f"optimizer={optimizer}")
-    assert cfg.optimizer.value == optimizer and knob in cfg
+    assert cfg.optimizer == optimizer
+    assert {k: cfg[k] for k in settings} == settings  # what conf/optimizer/<name>.yaml sets
+    built = build_optimizer(cfg, torch.nn.Linear(2, 2), torch.device("cpu"))
+    assert isinstance(built, torch_class) and built.defaults["lr"] == settings["learning_rate"]
+
+
+def test_a_new_optimizer_is_one_yaml_file_and_one_registry_entry(tmp_path, monkeypatch):
+    """What the README promises a contributor: RMSprop, from a YAML file in conf/optimizer/ (here a
+    search path of the test's own) and an entry in trainer.optim.OPTIMIZERS, nothing else."""
+    (tmp_path / "optimizer").mkdir()
+    (tmp_path / "optimizer" / "rmsprop.yaml").write_text(
+        "# @package _global_\n# RMSprop\noptimizer: rmsprop\nlearning_rate: 1e-2\nmomentum: 0.5\n")
+    monkeypatch.setitem(OPTIMIZERS, "rmsprop", OptimizerSpec(torch.optim.RMSprop, lambda c: dict(
+        lr=c.learning_rate, momentum=c.momentum, eps=c.eps, weight_decay=c.weight_decay)))
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["optimizer=rmsprop", f"hydra.searchpath=[file://{tmp_path}]"])
+    validate(cfg)
+    built = build_optimizer(cfg, torch.nn.Linear(2, 2), torch.device("cpu"))
+    assert isinstance(built, torch.optim.RMSprop)
+    assert built.defaults["lr"] == 1e-2 and built.defaults["momentum"] == 0.5
+
+
+def test_an_optimizer_name_missing_from_the_registry_is_named(make_cfg):
+    cfg = make_cfg()
+    cfg.optimizer = "lion"
+    with pytest.raises(UserError, match=r"^optimizer=lion: not a registered optimizer \(adamw, adam, sgd\)"):
+        validate(cfg)
 
 
 def test_data_presets(make_cfg):

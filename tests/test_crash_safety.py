@@ -11,20 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, metrics
+from helpers import TINY, losses, metrics
 
-from trainer import checkpoint
-from trainer.tracking import read_metrics
+from trainer import rundir
+from trainer.rundir import read_metrics
 
 # A checkpoint at every step, of a model wide enough (~13 MB with AdamW's moments) that the run
 # spends much of its time saving: a kill lands mid-save without any hook in the trainer.
 ARGS = [*TINY, "d_model=128", "num_blocks=4", "num_heads=4", "max_iters=60", "eval_interval=5",
         "checkpoint_interval=1", "lr_schedule=cosine", "warmup_iters=5"]
 RUN = "outputs/crash/run"  # where resume=auto looks: outputs/<date>/<time>
-
-
-def losses(rows):
-    return [(r["step"], r["train_loss"], r["valid_loss"], r["learning_rate"]) for r in rows]
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 60.0, poll: float = 0.001) -> bool:
@@ -43,7 +39,7 @@ def kill(proc: subprocess.Popen) -> None:
 
 def loads_safely(run: Path) -> int:
     """The checkpoint a kill left behind loads with weights_only; returns its step."""
-    state = torch.load(run / checkpoint.CKPT_NAME, map_location="cpu", weights_only=True)
+    state = torch.load(run / rundir.CKPT, map_location="cpu", weights_only=True)
     assert {"model_state_dict", "h_params", "optimizer_state_dict", "rng", "step"} <= state.keys()
     return state["step"]
 
@@ -55,7 +51,7 @@ def test_sigkill_at_any_moment_loses_nothing_and_resume_finishes_the_run(cli, en
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     run = tmp_path / RUN
-    ckpt = run / checkpoint.CKPT_NAME
+    ckpt = run / rundir.CKPT
 
     # 1. killed just after its first checkpoint
     proc = start(*ARGS, f"hydra.run.dir={RUN}")
@@ -66,7 +62,7 @@ def test_sigkill_at_any_moment_loses_nothing_and_resume_finishes_the_run(cli, en
     # 2. killed while writing a checkpoint: the temp file is there, model.ckpt is the previous one
     for _ in range(3):  # the window is wide, but a kill may still land just after the rename
         proc = start(*ARGS, "resume=" + RUN)
-        tmp = run / f".{checkpoint.CKPT_NAME}.{proc.pid}.tmp"
+        tmp = run / f".{rundir.CKPT}.{proc.pid}.tmp"
         assert wait_for(lambda tmp=tmp: tmp.exists() and tmp.stat().st_size > 0, proc)
         kill(proc)
         steps.append(loads_safely(run))
@@ -97,7 +93,7 @@ def test_sigkill_at_any_moment_loses_nothing_and_resume_finishes_the_run(cli, en
 def test_ctrl_c_stops_with_one_line_that_says_how_to_continue(env, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "trainer", *TINY, "max_iters=100000", "hydra.run.dir=run"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert wait_for((tmp_path / "run" / checkpoint.CKPT_NAME).exists, proc)
+    assert wait_for((tmp_path / "run" / rundir.CKPT).exists, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130

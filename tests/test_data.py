@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, TINY, metrics, run_dirs
+from helpers import REPO, SHARED_DATA, TINY, metrics, run_dirs
 
 from trainer import data, synthetic
 

@@ -12,16 +12,14 @@ torchrun takes several seconds to start two gloo ranks on a small CPU, so one 2-
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, metrics, run_dirs
+from helpers import TINY, losses, metrics, run_dirs, run_module, trainer_env
 
+from trainer import rundir
 from trainer.data import BatchSampler, windows
 
 LR, MIN_LR, WARMUP = 1e-3, 5e-5, 10
@@ -33,38 +31,20 @@ SAME = [*TINY, "dropout=0", "dtype=float32", "lr_schedule=cosine", f"warmup_iter
 TORCHRUN = ["--standalone", "--nproc_per_node=2", "-m", "trainer"]
 
 
-def subprocess_env(cache_dir: Path) -> dict[str, str]:
-    """The `env` fixture's environment, for the module-scoped runs (a fixture cannot be shared up)."""
-    e = {k: v for k, v in os.environ.items()
-         if not k.startswith(("WANDB_", "HYDRA_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    e.update(TRAINER_CACHE_DIR=str(cache_dir), WANDB_SILENT="true", PYTHONUNBUFFERED="1",
-             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    return e
-
-
-def run(cwd: Path, env: dict[str, str], *args: str, module: str = "trainer") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
 def only_run(root: Path) -> Path:
     dirs = run_dirs(root)
     assert len(dirs) == 1, dirs
     return dirs[0]
 
 
-def losses(run_dir: Path) -> list[tuple[int, float, float, float]]:
-    return [(r["step"], r["train_loss"], r["valid_loss"], r["learning_rate"]) for r in metrics(run_dir)]
-
-
 def assert_same_training(a: Path, b: Path) -> None:
     """Same eval steps, losses and learning rates to float tolerance, and the same final weights and
     optimizer moments (AdamW's update hardly depends on the gradient's scale; its moments do)."""
-    la, lb = losses(a), losses(b)
+    la, lb = losses(metrics(a)), losses(metrics(b))
     assert [r[0] for r in la] == [r[0] for r in lb]
     for ra, rb in zip(la, lb, strict=True):
         assert ra[1:] == pytest.approx(rb[1:], rel=1e-5), (ra, rb)
-    ca, cb = (torch.load(d / "model.ckpt", weights_only=True) for d in (a, b))
+    ca, cb = (torch.load(d / rundir.CKPT, weights_only=True) for d in (a, b))
     for key, w in ca["model_state_dict"].items():
         torch.testing.assert_close(w, cb["model_state_dict"][key], atol=1e-5, rtol=1e-4, msg=key)
     for i, moments in ca["optimizer_state_dict"]["state"].items():
@@ -78,8 +58,8 @@ def assert_same_training(a: Path, b: Path) -> None:
 def two_ranks(tmp_path_factory, cache_dir):
     """`torchrun --standalone --nproc_per_node=2 -m trainer ... batch_size=1`, W&B offline on."""
     cwd = tmp_path_factory.mktemp("two-ranks")
-    proc = run(cwd, subprocess_env(cache_dir), *TORCHRUN, *SAME, "batch_size=1",
-               "wandb.enabled=true", "wandb.mode=offline", module="torch.distributed.run")
+    proc = run_module("torch.distributed.run", *TORCHRUN, *SAME, "batch_size=1", "wandb.enabled=true",
+                      "wandb.mode=offline", cwd=cwd, env=trainer_env(cache_dir))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return cwd, proc
 
@@ -88,7 +68,7 @@ def two_ranks(tmp_path_factory, cache_dir):
 def batch_of_2(tmp_path_factory, cache_dir) -> Path:
     """The reference: one process, batch_size 2."""
     cwd = tmp_path_factory.mktemp("batch-of-2")
-    proc = run(cwd, subprocess_env(cache_dir), *SAME, "batch_size=2")
+    proc = run_module("trainer", *SAME, "batch_size=2", cwd=cwd, env=trainer_env(cache_dir))
     assert proc.returncode == 0, proc.stderr
     return only_run(cwd)
 
@@ -139,17 +119,17 @@ def test_two_ranks_leave_one_run_dir_with_one_checkpoint_and_one_metrics_file(tw
     run_dir = only_run(cwd)
     stray = [p for p in cwd.rglob("*") if p.is_file() and run_dir not in p.parents]
     assert not stray  # ranks > 0 wrote nothing: no ./train.log, no ./.hydra, no second run dir
-    assert sorted(p.name for p in run_dir.glob("*.ckpt")) == ["model.ckpt"]
-    assert sorted(p.name for p in cwd.rglob("metrics.jsonl")) == ["metrics.jsonl"]
+    assert sorted(p.name for p in run_dir.glob("*.ckpt")) == [rundir.CKPT]
+    assert sorted(p.name for p in cwd.rglob(rundir.METRICS)) == [rundir.METRICS]
     assert [r["step"] for r in metrics(run_dir)] == [0, 10, 20]  # each eval written once, by rank 0
     assert proc.stdout.count("Step: 20,") == 1
     assert (run_dir / "train.log").read_text().count("Training on") == 1
-    assert (run_dir / "summary.json").exists()
+    assert (run_dir / rundir.SUMMARY).exists()
 
 
 def test_h_params_record_world_size_and_effective_batch(two_ranks):
     cwd, proc = two_ranks
-    state = torch.load(only_run(cwd) / "model.ckpt", weights_only=True)
+    state = torch.load(only_run(cwd) / rundir.CKPT, weights_only=True)
     assert state["h_params"]["world_size"] == 2
     assert state["h_params"]["batch_size"] == 1
     assert state["h_params"]["effective_batch_size"] == 2
@@ -183,7 +163,7 @@ def test_two_accumulation_steps_of_batch_1_train_like_batch_2(cli, tmp_path, bat
     proc = cli(*SAME, "batch_size=1", "gradient_accumulation_steps=2")
     assert proc.returncode == 0, proc.stderr
     run_dir = only_run(tmp_path)
-    assert torch.load(run_dir / "model.ckpt", weights_only=True)["h_params"]["effective_batch_size"] == 2
+    assert torch.load(run_dir / rundir.CKPT, weights_only=True)["h_params"]["effective_batch_size"] == 2
     assert "effective batch 2 (batch_size 1 x 2 accumulation x 1 ranks)" in proc.stdout
     assert_same_training(run_dir, batch_of_2)
 
@@ -206,12 +186,12 @@ def test_grad_clip_caps_every_update(cli, tmp_path):
 def test_resuming_a_two_rank_run_in_one_process_is_a_one_line_error(two_ranks, cli, tmp_path):
     cwd, _ = two_ranks
     run_dir = shutil.copytree(only_run(cwd), tmp_path / "two-rank-run")  # the shared run stays untouched
-    before = (run_dir / "metrics.jsonl").read_text()
+    before = (run_dir / rundir.METRICS).read_text()
     proc = cli(f"resume={run_dir}", "max_iters=30")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "world_size=2" in proc.stderr and "world_size=1" in proc.stderr and "resume=" in proc.stderr
-    assert (run_dir / "metrics.jsonl").read_text() == before
+    assert (run_dir / rundir.METRICS).read_text() == before
 
 
 def test_gradient_accumulation_steps_must_be_positive(cli, tmp_path):

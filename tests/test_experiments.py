@@ -6,7 +6,7 @@ import os
 import stat
 
 import pytest
-from conftest import REPO, SHARED_DATA, metrics, run_dirs
+from helpers import REPO, SHARED_DATA, metrics, run_dirs
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -25,7 +25,7 @@ def test_the_book_preset_is_the_books_exact_run():
                 max_iters=500, learning_rate=1e-3, eval_interval=50, eval_iters=10, TORCH_SEED=1337,
                 weight_decay=0.01, text_column=None, vocab_compaction=False, tie_weights=False)
     assert {k: cfg[k] for k in book} == book
-    assert cfg.optimizer.value == "adamw" and cfg.dtype.value == "float32"
+    assert cfg.optimizer == "adamw" and cfg.dtype.value == "float32"
     assert cfg.data_path.endswith("github_pr_titles.csv")
 
 

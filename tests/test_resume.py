@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, metrics, run_dirs
+from helpers import TINY, losses, metrics, run_dirs
 
-from trainer import checkpoint
+from trainer import rundir
 from trainer.errors import UserError
-from trainer.train import _check_resume
+from trainer.resume import ResumePoint
 
 # Dropout stays on (the tiny model's 0.1): resuming must restore the RNG it draws from.
 ARGS = [*TINY, "eval_interval=5"]
-
-
-def losses(rows: list[dict]) -> list[tuple]:
-    """What must match bit for bit (timing fields differ between any two runs)."""
-    return [(r["step"], r["train_loss"], r["valid_loss"], r["learning_rate"]) for r in rows]
 
 
 def ok(result):
@@ -32,19 +28,19 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit(cli, t
     overrides = (tmp_path / "parts" / ".hydra" / "overrides.yaml").read_text()
     resumed = ok(cli("resume=parts", "max_iters=15"))  # ... resume from the run dir to 15 ...
     assert "Resuming from" in resumed.stdout and "at step 10" in resumed.stdout
-    ok(cli(f"resume={tmp_path / 'parts' / 'model.ckpt'}", "max_iters=20"))  # ... and from the file to 20
+    ok(cli(f"resume={tmp_path / 'parts' / rundir.CKPT}", "max_iters=20"))  # ... and from the file to 20
 
     straight, parts = metrics(tmp_path / "straight"), metrics(tmp_path / "parts")
     assert [r["step"] for r in parts] == [0, 5, 10, 15, 20]
     assert losses(parts) == losses(straight)
-    state = torch.load(tmp_path / "parts" / checkpoint.CKPT_NAME, weights_only=True)
-    want = torch.load(tmp_path / "straight" / checkpoint.CKPT_NAME, weights_only=True)
+    state = torch.load(tmp_path / "parts" / rundir.CKPT, weights_only=True)
+    want = torch.load(tmp_path / "straight" / rundir.CKPT, weights_only=True)
     assert state["step"] == 20
     assert all(torch.equal(state["model_state_dict"][k], v) for k, v in want["model_state_dict"].items())
     # continued in place: no new run dir, the original .hydra untouched
     assert run_dirs(tmp_path) == []
     assert (tmp_path / "parts" / ".hydra" / "overrides.yaml").read_text() == overrides
-    assert json.loads((tmp_path / "parts" / "summary.json").read_text())["steps"] == 20
+    assert json.loads((tmp_path / "parts" / rundir.SUMMARY).read_text())["steps"] == 20
 
 
 def test_resuming_again_keeps_what_the_last_resume_changed(cli, tmp_path):
@@ -70,6 +66,7 @@ def test_resuming_on_a_corpus_with_other_tokens_is_refused_even_at_the_same_voca
     h = {"d_model": 32, "vocab_size": 3, "world_size": 1, "data_path": "new.txt", "vocab_compaction": True}
     state = {"model_state_dict": {}, "h_params": dict(h), "optimizer_state_dict": {}, "step": 5, "rng": {},
              "vocab": torch.tensor([10, 20, 30])}
-    _check_resume(state, h, torch.tensor([10, 20, 30]), "run")  # the same tokens: fine
+    point = ResumePoint("run", Path("run") / rundir.CKPT, state)
+    point.check(h, torch.tensor([10, 20, 30]))  # the same tokens: fine
     with pytest.raises(UserError, match=r"resume=run: the checkpoint's vocabulary differs .*data_path=new.txt"):
-        _check_resume(state, h, torch.tensor([10, 20, 31]), "run")
+        point.check(h, torch.tensor([10, 20, 31]))

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from trainer import checkpoint
+from trainer import checkpoint, rundir
 from trainer.errors import UserError
 from trainer.model import GPT
 
@@ -38,9 +38,9 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path)
 
 def test_a_saved_checkpoint_is_atomic_and_the_books_loader_still_reads_it(tmp_path):
     model = GPT(H)
-    path = tmp_path / checkpoint.CKPT_NAME
+    path = tmp_path / rundir.CKPT
     checkpoint.save({"model_state_dict": model.state_dict(), "h_params": H, "step": 3}, path)
-    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.CKPT_NAME]  # no temp file left
+    assert [p.name for p in tmp_path.iterdir()] == [rundir.CKPT]  # no temp file left
     book = torch.load(path, weights_only=True)  # the book's loader: these two keys, nothing else
     again = GPT(book["h_params"])
     again.load_state_dict(book["model_state_dict"])
@@ -48,8 +48,8 @@ def test_a_saved_checkpoint_is_atomic_and_the_books_loader_still_reads_it(tmp_pa
 
 
 def test_a_temp_file_left_by_a_killed_save_is_cleaned_up_by_the_next(tmp_path):
-    path = tmp_path / checkpoint.CKPT_NAME
-    dead = tmp_path / f".{checkpoint.CKPT_NAME}.999999999.tmp"  # no such pid
+    path = tmp_path / rundir.CKPT
+    dead = tmp_path / f".{rundir.CKPT}.999999999.tmp"  # no such pid
     dead.write_bytes(b"half a checkpoint")
     checkpoint.save({"model_state_dict": {}, "h_params": H}, path)
     assert not dead.exists()

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 
 import pytest
 import yaml
-from conftest import TINY, metrics
+from helpers import TINY, job_dirs, metrics, sweep_dir, threads_used
 from omegaconf import OmegaConf
-from sweep_runs import job_dirs, sweep_dir, threads_used
 
-from trainer import sweep
+from trainer import rundir
+from trainer.device import available_cores
+from trainer.sweep import overrides, threads
 
 AUTO_THREADS = [a for a in TINY if not a.startswith("num_threads=")]  # the launcher decides the threads
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+CORES = available_cores()
 
 
 def summary_rows(sweep_path):
-    with open(sweep_path / "summary.csv") as f:
+    with open(sweep_path / rundir.SWEEP_CSV) as f:
         return list(csv.DictReader(f))
 
 
@@ -30,7 +30,7 @@ def test_learning_rate_sweep_gives_one_run_dir_per_job_and_a_summary(cli, tmp_pa
     jobs = job_dirs(root)
     assert [j.name for j in jobs] == ["0", "1"]
     for job, lr in zip(jobs, (1e-3, 3e-4), strict=True):
-        assert (job / "model.ckpt").is_file()
+        assert (job / rundir.CKPT).is_file()
         assert OmegaConf.load(job / ".hydra" / "config.yaml").learning_rate == lr
         assert [r["step"] for r in metrics(job)] == [0, 10, 20]
         assert all(r["learning_rate"] == lr for r in metrics(job))
@@ -39,12 +39,12 @@ def test_learning_rate_sweep_gives_one_run_dir_per_job_and_a_summary(cli, tmp_pa
     assert [(r["job"], r["overrides"], r["status"]) for r in rows] == [
         ("0", "learning_rate=0.001", "ok"), ("1", "learning_rate=0.0003", "ok")]
     for row, job in zip(rows, jobs, strict=True):
-        done = json.loads((job / "summary.json").read_text())
+        done = json.loads((job / rundir.SUMMARY).read_text())
         assert float(row["best_valid_loss"]) == pytest.approx(done["best_valid_loss"])
         assert float(row["final_valid_loss"]) == pytest.approx(metrics(job)[-1]["valid_loss"])
         assert float(row["tokens_per_s"]) > 0 and float(row["wall_s"]) > 0
         assert row["run_dir"] == job.name
-    md = (root / "summary.md").read_text()
+    md = (root / rundir.SWEEP_MD).read_text()
     assert "| 0 | `learning_rate=0.001` | ok |" in md and "| 1 | `learning_rate=0.0003` | ok |" in md
     best = min(rows, key=lambda r: float(r["best_valid_loss"]))
     assert f"Best: job {best['job']} (`{best['overrides']}`)" in md
@@ -61,16 +61,16 @@ def test_a_failing_job_is_listed_as_failed_and_the_others_still_run(cli, tmp_pat
     assert [(r["overrides"], r["status"]) for r in rows] == [("dropout=1.5", "failed"), ("dropout=0.0", "ok")]
     assert rows[0]["error"] == "dropout=1.5: must be in [0, 1)"
     assert rows[0]["best_valid_loss"] == ""  # it never evaluated
-    assert (job_dirs(root)[1] / "model.ckpt").is_file()
-    assert "1 ok, 1 failed" in (root / "summary.md").read_text()
+    assert (job_dirs(root)[1] / rundir.CKPT).is_file()
+    assert "1 ok, 1 failed" in (root / rundir.SWEEP_MD).read_text()
 
 
 def test_job_names_leave_out_the_overrides_every_job_shares():
-    extra = sweep.naming_overrides(["learning_rate=1e-3,3e-4", "model=small", "max_iters=5",
+    extra = overrides.naming_overrides(["learning_rate=1e-3,3e-4", "model=small", "max_iters=5",
                                     "optimizer=glob(adam*)", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
     assert extra == ["hydra.job.config.override_dirname.exclude_keys=[max_iters,model]"]
-    assert sweep.naming_overrides(["learning_rate=1e-3,3e-4"]) == []
-    assert sweep.is_sweep(["hparams_search=lr_optuna"]) and not sweep.is_sweep(["hparams_search=null"])
+    assert overrides.naming_overrides(["learning_rate=1e-3,3e-4"]) == []
+    assert overrides.is_sweep(["hparams_search=lr_optuna"]) and not overrides.is_sweep(["hparams_search=null"])
 
 
 @pytest.mark.parametrize("launcher, env_batch, expected", [
@@ -82,14 +82,14 @@ def test_job_names_leave_out_the_overrides_every_job_shares():
     ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}, "8", 1),
 ])
 def test_cores_are_shared_by_the_jobs_that_run_side_by_side(monkeypatch, launcher, env_batch, expected):
-    monkeypatch.setenv(sweep.BATCH_ENV, env_batch)
-    assert sweep.parallel_jobs(OmegaConf.create({"launcher": launcher})) == expected
+    monkeypatch.setenv(threads.BATCH_ENV, env_batch)
+    assert threads.parallel_jobs(OmegaConf.create({"launcher": launcher})) == expected
 
 
 def test_joblib_minus_one_means_one_job_per_core(monkeypatch):
-    monkeypatch.delenv(sweep.BATCH_ENV, raising=False)
+    monkeypatch.delenv(threads.BATCH_ENV, raising=False)
     hc = OmegaConf.create({"launcher": {"_target_": "x.JoblibLauncher", "n_jobs": -1}})
-    assert sweep.parallel_jobs(hc) == CORES
+    assert threads.parallel_jobs(hc) == CORES
 
 
 def test_the_batch_size_is_known_before_the_jobs_start():
@@ -98,11 +98,11 @@ def test_the_batch_size_is_known_before_the_jobs_start():
 
     basic = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "max_batch_size": None,
              "params": None}
-    assert sweep.first_batch_size(cfg(["learning_rate=1e-3,3e-4", "optimizer=adam,sgd", "d_model=8"], basic)) == 4
-    assert sweep.first_batch_size(cfg(["learning_rate=1,2,3"], {**basic, "max_batch_size": 2})) == 2
+    assert threads.first_batch_size(cfg(["learning_rate=1e-3,3e-4", "optimizer=adam,sgd", "d_model=8"], basic)) == 4
+    assert threads.first_batch_size(cfg(["learning_rate=1,2,3"], {**basic, "max_batch_size": 2})) == 2
     optuna = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "n_jobs": 4,
               "n_trials": 3}
-    assert sweep.first_batch_size(cfg([], optuna)) == 3
+    assert threads.first_batch_size(cfg([], optuna)) == 3
 
 
 @pytest.mark.slow
@@ -112,7 +112,7 @@ def test_joblib_launcher_runs_two_jobs_side_by_side_sharing_the_cores(cli, tmp_p
     assert "Joblib.Parallel(n_jobs=-1" in proc.stdout + proc.stderr
     root = sweep_dir(tmp_path)
     for job in job_dirs(root):
-        assert (job / "model.ckpt").is_file()
+        assert (job / rundir.CKPT).is_file()
         assert threads_used(job) == max(1, CORES // min(CORES, 2))
     assert [r["status"] for r in summary_rows(root)] == ["ok", "ok"]
 
@@ -124,7 +124,7 @@ def test_submitit_local_launcher_runs_two_jobs(cli, tmp_path):
     root = sweep_dir(tmp_path)
     assert (root / ".submitit").is_dir()  # submitit's own job records
     for job in job_dirs(root):
-        assert (job / "model.ckpt").is_file()
+        assert (job / rundir.CKPT).is_file()
         assert threads_used(job) == max(1, CORES // 2)  # both start at once: they split the cores
     assert [(r["overrides"], r["status"]) for r in summary_rows(root)] == [
         ("learning_rate=0.001", "ok"), ("learning_rate=0.0003", "ok")]
@@ -140,7 +140,7 @@ def test_optuna_searches_learning_rate_on_a_log_scale_and_minimises_best_valid_l
     assert len(jobs) == 3
     lrs = [OmegaConf.load(j / ".hydra" / "config.yaml").learning_rate for j in jobs]
     assert len(set(lrs)) == 3 and all(1e-5 <= lr <= 1e-2 for lr in lrs)
-    best = [json.loads((j / "summary.json").read_text())["best_valid_loss"] for j in jobs]
+    best = [json.loads((j / rundir.SUMMARY).read_text())["best_valid_loss"] for j in jobs]
     result = yaml.safe_load((root / "optimization_results.yaml").read_text())
     assert result["best_value"] == pytest.approx(min(best))
     assert result["best_params"]["learning_rate"] == pytest.approx(lrs[best.index(min(best))])

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import yaml
-from conftest import TINY, metrics, run_dirs
+from helpers import TINY, metrics, run_dirs
 
+from trainer import rundir
 from trainer.model import GPT
 
 BOOK_LINE = re.compile(r"^Step: (\d+), Training Loss: (\d+\.\d{3}), Validation Loss: (\d+\.\d{3})$", re.M)
@@ -23,7 +24,7 @@ def test_a_run_writes_its_own_dir_with_checkpoint_config_metrics_and_log(cli, tm
     assert (run / ".hydra" / "config.yaml").exists()
     assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())[-1] == "d_model=128"
     assert (run / "train.log").exists()
-    ckpt = torch.load(run / "model.ckpt", weights_only=True)
+    ckpt = torch.load(run / rundir.CKPT, weights_only=True)
     assert {"model_state_dict", "h_params"} <= ckpt.keys()
     assert ckpt["h_params"]["d_model"] == 128
     assert ckpt["h_params"]["device"] == "cpu" and ckpt["h_params"]["max_token_value"] > 1000
@@ -41,7 +42,7 @@ def test_loss_falls_clearly_on_the_synthetic_corpus_within_100_steps(cli, tmp_pa
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path)
     rows = metrics(run)
-    ln_vocab = math.log(torch.load(run / "model.ckpt", weights_only=True)["h_params"]["vocab_size"])
+    ln_vocab = math.log(torch.load(run / rundir.CKPT, weights_only=True)["h_params"]["vocab_size"])
     assert rows[0]["valid_loss"] > 0.9 * ln_vocab  # an untrained model is about uniform
     assert rows[-1]["valid_loss"] < 0.6 * ln_vocab
 
@@ -51,7 +52,7 @@ def test_runs_started_together_never_share_a_dir(cli, tmp_path):
         results = list(pool.map(lambda _: cli(*TINY, "max_iters=2", "eval_interval=1"), range(2)))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     dirs = run_dirs(tmp_path)
-    assert len(dirs) == 2 and all((d / "model.ckpt").exists() for d in dirs)
+    assert len(dirs) == 2 and all((d / rundir.CKPT).exists() for d in dirs)
 
 
 def test_cpu_runs_are_deterministic_for_a_fixed_seed(cli, tmp_path):
@@ -67,7 +68,7 @@ def test_generation_from_a_trained_checkpoint(cli, tmp_path):
     r = cli(str(run), "--prompt", "fix: ", "--max_new_tokens", "20", "--seed", "1", module="trainer.generate")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("fix: ") and len(r.stdout) > len("fix: ") + 10
-    again = cli(str(run / "model.ckpt"), "--prompt", "fix: ", "--max_new_tokens", "20", "--seed", "1",
+    again = cli(str(run / rundir.CKPT), "--prompt", "fix: ", "--max_new_tokens", "20", "--seed", "1",
                 module="trainer.generate")
     assert again.stdout == r.stdout  # a seed makes sampling repeatable
     r = cli(str(run), "--max_new_tokens", "20", "--temperature", "0", module="trainer.generate")

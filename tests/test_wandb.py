@@ -12,10 +12,10 @@ import json
 import math
 
 import pytest
-from conftest import TINY, metrics
-from sweep_runs import job_dirs, run_module, sweep_dir, trainer_env
+from helpers import TINY, job_dirs, metrics, run_module, sweep_dir, trainer_env
 from wandb_reader import offline_runs, read_run
 
+from trainer import rundir
 from trainer.tracking import wandb_mode
 
 LRS = (1e30, 1e-3, 3e-4)
@@ -79,7 +79,7 @@ def test_history_has_every_eval_at_its_step_as_in_metrics_jsonl(wandb_sweep):
             assert h["valid_loss"] == pytest.approx(r["valid_loss"])
             assert h["train_loss"] == pytest.approx(r["train_loss"])
             assert h["learning_rate"] == r["learning_rate"] and "tokens_per_s" in h
-        best = json.loads((job / "summary.json").read_text())["best_valid_loss"]
+        best = json.loads((job / rundir.SUMMARY).read_text())["best_valid_loss"]
         assert run.summary["best_valid_loss"] == pytest.approx(best)
         assert run.exit_code == 0
 

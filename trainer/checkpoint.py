@@ -1,9 +1,10 @@
-"""Checkpoints: written atomically, read back safely, complete enough to resume exactly.
+"""Checkpoints: what one holds, written atomically, read back safely.
 
 A checkpoint is one `torch.save`d dict. It keeps the book's two keys, `model_state_dict` and
 `h_params`, so the book's loader still works, and adds what an exact resume needs: the
 optimizer, the step, every RNG state, the best valid loss, the vocabulary mapping and the
-W&B run id. Every load uses `weights_only=True`, so a checkpoint cannot run code.
+W&B run id (`save_run` writes them; `trainer.resume` puts them back). Every load uses
+`weights_only=True`, so a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -15,14 +16,39 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
+from trainer import distributed
 from trainer.errors import UserError
+from trainer.rundir import CKPT
 
-CKPT_NAME = "model.ckpt"
+if TYPE_CHECKING:
+    from trainer.run import Run
+
+
+def save_run(run: Run, elapsed_s: float) -> None:
+    """Rank 0 writes the run's whole state, every rank's RNG states gathered to it, so that a resumed
+    rank draws exactly what it would have drawn."""
+    rng = distributed.gather(capture_rng(run.sampler.generator), run.dist)
+    if not run.dist.is_main:
+        return
+    save({
+        "model_state_dict": run.model.state_dict(),
+        "h_params": run.h,
+        "optimizer_state_dict": run.optimizer.state_dict(),
+        "step": run.step,
+        "best_valid_loss": run.best,
+        "last_losses": run.last,
+        "rng": rng if run.dist.enabled else rng[0],
+        "vocab": run.corpus.vocab,
+        "wandb_run_id": run.wandb_id,
+        "elapsed_s": elapsed_s,
+        "config": OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True),
+    }, run.dir / CKPT)
 
 
 def save(state: dict[str, Any], path: Path) -> None:
@@ -67,7 +93,7 @@ def resolve(path_or_run_dir: str | os.PathLike, key: str = "checkpoint") -> Path
     """A checkpoint file, or the model.ckpt inside a run dir; `key` names the culprit in errors."""
     path = Path(path_or_run_dir)
     if path.is_dir():
-        path = path / CKPT_NAME
+        path = path / CKPT
     if not path.is_file():
         raise UserError(f"{key}={path_or_run_dir}: no checkpoint there (expected a run dir or a .ckpt file)")
     return path

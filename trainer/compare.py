@@ -3,7 +3,7 @@
 Prints a table of the runs sorted by best valid loss, with the hyperparameters that differ
 between them as columns, and writes a PNG of their train and valid loss curves (into the
 sweep dir, the runs' common parent, or --out). Any mix works: a sweep dir, single run dirs,
-a whole outputs/ tree. Each run is read from its `.hydra/config.yaml` and `metrics.jsonl`.
+a whole outputs/ tree. Each run is read by `trainer.rundir` (its config, metrics and summary).
 """
 
 from __future__ import annotations
@@ -19,42 +19,19 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
+from trainer import rundir
 from trainer.config import NOT_H_PARAMS, flatten
 from trainer.errors import UserError
-from trainer.sweep import ERROR_NAME, JOB_SUMMARY
-from trainer.tracking import read_metrics
-
-PLOT_NAME = "compare.png"
+from trainer.rundir import RunRecord
 
 
 @dataclass
-class Run:
-    path: Path
-    config: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    summary: dict[str, Any] = field(default_factory=dict)
-    status: str = "ok"
+class Run(RunRecord):
+    """A run as compare shows it: what its dir says, its config, and its names in the table."""
+
+    config: dict[str, Any] = field(default_factory=dict)  # flat: wandb.mode, not {"wandb": {"mode": ...}}
     name: str = ""  # its path relative to the runs' common parent
     label: str = ""  # the differing keys' values, e.g. learning_rate=0.001
-
-    @property
-    def best_valid_loss(self) -> Optional[float]:
-        valid = [r["valid_loss"] for r in self.metrics if _finite(r.get("valid_loss"))]
-        return min(valid) if valid else None
-
-    @property
-    def final_valid_loss(self) -> Optional[float]:
-        valid = [r["valid_loss"] for r in self.metrics if _finite(r.get("valid_loss"))]
-        return valid[-1] if valid else None
-
-    @property
-    def steps(self) -> Optional[int]:
-        return self.summary.get("steps", self.metrics[-1]["step"] if self.metrics else None)
-
-    @property
-    def tokens_per_s(self) -> Optional[float]:
-        value = self.summary.get("tokens_per_s", self.metrics[-1].get("tokens_per_s") if self.metrics else None)
-        return value if _finite(value) else None
 
 
 def _finite(value: Any) -> bool:
@@ -70,10 +47,7 @@ def find_runs(paths: list[str]) -> list[Path]:
             raise UserError(f"{p}: no such directory")
         if not path.is_dir():
             raise UserError(f"{p}: not a directory (give a sweep dir or run dirs)")
-        if (path / ".hydra" / "config.yaml").is_file():
-            found.append(path)
-            continue
-        runs = sorted(c.parent.parent for c in path.glob("**/.hydra/config.yaml"))
+        runs = rundir.runs_under(path)
         if not runs:
             raise UserError(f"{p}: no runs in it (a run dir has .hydra/config.yaml)")
         found += runs
@@ -82,14 +56,14 @@ def find_runs(paths: list[str]) -> list[Path]:
 
 
 def load_run(path: Path) -> Run:
-    cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
+    cfg = OmegaConf.load(path / rundir.CONFIG)
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an interpolation that only resolves inside Hydra
         config = OmegaConf.to_container(cfg, resolve=False)
-    summary = json.loads((path / JOB_SUMMARY).read_text()) if (path / JOB_SUMMARY).is_file() else {}
-    status = "ok" if summary else "failed" if (path / ERROR_NAME).exists() else "incomplete"
-    return Run(path=path, config=flatten(config), metrics=read_metrics(path), summary=summary, status=status)
+    record = rundir.read_run(path)
+    return Run(**{f: getattr(record, f) for f in ("path", "status", "metrics", "summary", "error")},
+               config=flatten(config))
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
@@ -188,10 +162,10 @@ def compare(paths: list[str], out: Optional[str] = None, plot_curves: bool = Tru
     if plot_curves:
         if out:
             png = Path(out)
-            png = png / PLOT_NAME if png.is_dir() or not png.suffix else png
+            png = png / rundir.PLOT if png.is_dir() or not png.suffix else png
         else:
             # one path given (a sweep dir, a run dir): into it; several: into their common parent
-            png = (Path(paths[0]).resolve() if len(paths) == 1 else parent) / PLOT_NAME
+            png = (Path(paths[0]).resolve() if len(paths) == 1 else parent) / rundir.PLOT
         plot(runs, png, f"{len(runs)} runs under {parent}")
     return text, png
 
@@ -199,7 +173,7 @@ def compare(paths: list[str], out: Optional[str] = None, plot_curves: bool = Tru
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m trainer.compare", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="a sweep dir, run dirs, or any dir holding runs")
-    parser.add_argument("--out", help=f"the PNG's path (or a dir for {PLOT_NAME}); "
+    parser.add_argument("--out", help=f"the PNG's path (or a dir for {rundir.PLOT}); "
                                       "default: the sweep dir / the runs' common parent")
     parser.add_argument("--no-plot", action="store_true", help="print the table only")
     args = parser.parse_args(argv)

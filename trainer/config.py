@@ -21,13 +21,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from trainer.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-OUTPUTS = Path("outputs")  # where run dirs go, relative to the working directory (Hydra's default)
-
-
-class Optimizer(str, Enum):
-    adamw = "adamw"
-    adam = "adam"
-    sgd = "sgd"
 
 
 class Device(str, Enum):
@@ -70,7 +63,7 @@ class TrainConfig:
     dropout: float = 0.1
     tie_weights: bool = False
     # optimizer (conf/optimizer/*)
-    optimizer: Optimizer = Optimizer.adamw
+    optimizer: str = "adamw"  # a name in trainer.optim.OPTIMIZERS (conf/optimizer/<name>.yaml sets it)
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     beta1: float = 0.9
@@ -161,6 +154,9 @@ def validate(cfg: DictConfig) -> None:
     need(0.0 <= cfg.beta2 < 1.0, "beta2", "must be in [0, 1)")
     need(cfg.eps > 0, "eps", "must be positive")
     need(0.0 <= cfg.momentum < 1.0, "momentum", "must be in [0, 1)")
+    from trainer.optim import OPTIMIZERS  # torch's optimizers: imported only once a run is checked
+
+    need(cfg.optimizer in OPTIMIZERS, "optimizer", f"not a registered optimizer ({', '.join(OPTIMIZERS)})")
     need(cfg.grad_clip >= 0, "grad_clip", "must be zero (off) or positive")
     need(0.0 < cfg.train_split < 1.0, "train_split", "must be between 0 and 1")
     need(cfg.warmup_iters <= cfg.max_iters, "warmup_iters", f"must not exceed max_iters={cfg.max_iters}")

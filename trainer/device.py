@@ -73,6 +73,11 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (a SLURM or taskset allocation, not the whole machine)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def configure(device: torch.device, num_threads: int, parallel_jobs: int = 1) -> int:
     """Set torch's CPU threads so parallel jobs share the cores instead of oversubscribing them.
 
@@ -84,7 +89,7 @@ def configure(device: torch.device, num_threads: int, parallel_jobs: int = 1) ->
     rounding: a run repeats exactly only with the same count.
     """
     if num_threads <= 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = available_cores()
         num_threads = max(1, min(cores // max(1, parallel_jobs), cores - 1))
     torch.set_num_threads(num_threads)
     keep_freed_memory()

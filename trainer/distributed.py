@@ -64,6 +64,15 @@ def broadcast(obj: Any, d: Dist) -> Any:
     return box[0]
 
 
+def gather(obj: Any, d: Dist) -> list[Any]:
+    """Every rank's obj, in rank order, on every rank ([obj] when not distributed)."""
+    if not d.enabled:
+        return [obj]
+    out = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
     """The mean of a tensor across ranks (eval losses)."""
     if d.enabled:

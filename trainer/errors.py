@@ -1,7 +1,72 @@
-"""One exception for every mistake a user can make: the CLI prints its message as one line."""
+"""What can go wrong, and how it reads: one line naming the key or path that caused it.
+
+`UserError` is every mistake a user can make (an override, a file, a checkpoint, a device):
+exit code 2. `Diverged` is a run that went wrong (NaN loss): exit code 3. `one_line` turns
+those and Hydra's and OmegaConf's exceptions into the one line the CLI prints; `job_error`
+is the line a failed sweep job leaves in its error.txt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
 
 
 class UserError(Exception):
     """A bad input (override, file, checkpoint, device). Printed as one line, exit code 2."""
 
     exit_code = 2
+
+
+class Diverged(UserError):
+    """The loss became NaN or Inf: the run stops, the last good checkpoint stays."""
+
+    exit_code = 3
+
+
+# Lines of Hydra's and OmegaConf's messages that repeat what the first line says, or point elsewhere.
+_NOISE = ("full_key:", "object_type=", "reference_type=", "Config search path", "Set the environment variable",
+          "provider=", "path=", "See https://")
+
+
+def one_line(ex: BaseException) -> str:
+    """A trainer, Hydra or OmegaConf exception as one readable line naming the culprit."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(ex, UserError):
+        return str(ex)
+    if isinstance(ex, MissingConfigException) and ex.options is not None and ex.missing_cfg_file:
+        group, _, option = str(ex.missing_cfg_file).rpartition("/")
+        return f"{group}={option}: unknown option (choose from {', '.join(sorted(ex.options))})"
+    if isinstance(ex, OverrideParseException):
+        return f"{ex.override}: {_lines(ex.message)}"
+    unknown = re.match(r"Could not override '([^']+)'", str(ex))
+    if unknown and isinstance(ex.__cause__, (ConfigAttributeError, ConfigKeyError)):
+        # A typo; Hydra's "+key=..." hint would not work on the typed schema.
+        hint = _did_you_mean(ex.__cause__) if ex.__cause__.full_key == unknown.group(1) else ""
+        return f"{unknown.group(1)}: no such key{hint}"
+    key = getattr(ex.__cause__, "full_key", None) or getattr(ex, "full_key", None)
+    text = _lines(str(ex))
+    if isinstance(ex.__cause__, OmegaConfBaseException):
+        text = f"{text}: {_lines(str(ex.__cause__))}" if text else _lines(str(ex.__cause__))
+    return f"{key}: {text}" if key and not text.startswith(f"{key}") else text
+
+
+def job_error(ex: BaseException) -> str:
+    """A failed sweep job's error as one line: the message alone for a user's mistake, else with its type."""
+    text = " ".join(str(ex).split())
+    return text if isinstance(ex, UserError) else f"{type(ex).__name__}: {text}"
+
+
+def _did_you_mean(e) -> str:
+    known = [f.name for f in dataclasses.fields(e.object_type)] if dataclasses.is_dataclass(e.object_type) else []
+    close = difflib.get_close_matches(str(e.key), known, n=1)
+    prefix = str(e.full_key)[: -len(str(e.key))] if str(e.full_key).endswith(str(e.key)) else ""
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def _lines(text: str) -> str:
+    keep = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not ln.strip().startswith(_NOISE)]
+    return "; ".join(keep).rstrip(".")

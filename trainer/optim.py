@@ -1,15 +1,44 @@
-"""The optimizer (AdamW as in the book, Adam, SGD) and the learning-rate schedule."""
+"""The optimizers (AdamW as in the book, Adam, SGD) and the learning-rate schedule.
+
+Adding an optimizer takes two things: an entry in `OPTIMIZERS` below (its torch class and the
+config keys it reads) and a file conf/optimizer/<name>.yaml that sets `optimizer: <name>` and
+its defaults. The config check (`trainer.config.validate`) accepts exactly the names here.
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from trainer.config import plain
+
+
+def _adam_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    return dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def _sgd_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    return dict(lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    cls: type[torch.optim.Optimizer]  # a torch.optim class (one with a fused or foreach kernel is fastest)
+    kwargs: Callable[[DictConfig], dict[str, Any]]  # its constructor's arguments from the config
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "adamw": OptimizerSpec(torch.optim.AdamW, _adam_kwargs),
+    "adam": OptimizerSpec(torch.optim.Adam, _adam_kwargs),
+    "sgd": OptimizerSpec(torch.optim.SGD, _sgd_kwargs),
+}
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.device,
@@ -18,22 +47,16 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.devic
     ~10 per-tensor ops, 3x faster on CPU). eager=True (nothing compiled) also skips the
     `import torch._dynamo` that torch.optim does on first use (1 s of CPU at startup)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    name = plain(cfg.optimizer)
-    classes = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-    if name not in classes:
-        raise ValueError(f"unknown optimizer {name}")  # unreachable: the schema's enum checks it
-    cls = classes[name]
-    if name == "sgd":
-        kwargs = dict(lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        kwargs = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                      weight_decay=cfg.weight_decay)
+    spec = OPTIMIZERS[plain(cfg.optimizer)]  # the name was checked by trainer.config.validate
+    cls, kwargs = spec.cls, spec.kwargs(cfg)
     if eager:
         cls = _without_dynamo_import(cls)
-    try:
-        return cls(params, fused=True, **kwargs)
-    except RuntimeError:  # a device or dtype without the fused kernel
-        return cls(params, foreach=True, **kwargs)
+    for kernel in ("fused", "foreach"):
+        try:
+            return cls(params, **{kernel: True}, **kwargs)
+        except (RuntimeError, TypeError):  # a device, dtype or class without that kernel
+            continue
+    return cls(params, **kwargs)
 
 
 def learning_rate_at(step: int, cfg: DictConfig) -> float:

@@ -1,46 +1,108 @@
-"""Resuming in place: which run `resume=<run dir | checkpoint | auto>` means, and how to rebuild its config.
+"""Resuming a run in place: the one owner of `resume=<run dir | checkpoint | auto>`.
 
-A resumed run continues in its original run dir, with the config it was last trained with:
-the original overrides (from .hydra/overrides.yaml), then what earlier resumes changed (from the
-checkpoint's config), then whatever the user types now. The checkpoint is read here, before
-Hydra writes anything, so a corrupt, foreign or code-carrying one fails without touching the dir.
+The steps, in the order they happen:
+1. `ResumePoint.load`: which checkpoint is meant (auto: the newest run with this config), read
+   once, a weights-only one refused. trainer.argv calls it before Hydra starts, so a corrupt,
+   foreign or code-carrying checkpoint fails without touching the run dir, and hands the
+   ResumePoint on to the training run (a gpt2 checkpoint is ~1.5 GB: it is read once).
+2. `overrides`: the original overrides (.hydra/overrides.yaml), then what earlier resumes changed
+   (from the checkpoint's config), so Hydra composes the config the run last trained with; what
+   the user types now comes after them and wins.
+3. `check_world_size` (before torchrun's process group starts) and `check` (model shape and
+   vocabulary, once the corpus is read): can this run continue that one?
+4. `restore`: weights, optimizer, every RNG, step, best loss; metrics rows after the step dropped.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainer import checkpoint
-from trainer.config import CONF_DIR, OUTPUTS, flatten
+from trainer import checkpoint, rundir
+from trainer.config import CONF_DIR, flatten
 from trainer.errors import UserError
 
-# The checkpoint resume_overrides read, handed to the training run once (a gpt2 one is ~1.5 GB).
-_read: dict[str, dict] = {}
+if TYPE_CHECKING:
+    from trainer.run import Run
+
+log = logging.getLogger("trainer")
+
+# Keys whose change makes a checkpoint's weights meaningless for the requested model.
+SHAPE_KEYS = ("vocab_size", "d_model", "num_blocks", "num_heads", "context_length", "tie_weights")
 
 
-def load_state(path: str) -> dict:
-    """The checkpoint to resume from: the one read before Hydra started, or (trainer.train called
-    directly) read now."""
-    state = _read.pop(str(path), None)
-    return state if state is not None else checkpoint.load(path, key="resume")
+@dataclass
+class ResumePoint:
+    """A checkpoint to continue from, read once."""
 
+    where: str  # as the user typed it (resume=...), to name it in errors
+    path: Path  # the checkpoint file
+    state: dict[str, Any]
 
-def resume_overrides(resume: str, overrides: list[str]) -> list[str]:
-    """The overrides that put this invocation back in the run to resume, before the user's own."""
-    others = [o for o in overrides if not o.startswith("resume=")]
-    ckpt = checkpoint.resolve(find_auto(others) if resume == "auto" else resume, key="resume")
-    state = checkpoint.load(ckpt, key="resume")
-    checkpoint.require_resumable(state, resume)
-    _read[str(ckpt)] = state
-    run_dir = ckpt.parent
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    original = [o for o in OmegaConf.load(saved) if not o.startswith(("resume=", "hydra"))] if saved.exists() else []
-    return [*original, *changed_since_start(run_dir, state),
-            f"resume={ckpt}", f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+    @classmethod
+    def load(cls, where: str, overrides: list[str] = ()) -> ResumePoint:
+        """The checkpoint `resume=where` means; `overrides` pick the run for resume=auto."""
+        path = checkpoint.resolve(find_auto(list(overrides)) if where == "auto" else where, key="resume")
+        state = checkpoint.load(path, key="resume")
+        checkpoint.require_resumable(state, where)
+        return cls(where, path, state)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    def overrides(self) -> list[str]:
+        """The overrides that put this invocation back in the run, before the user's own."""
+        saved = self.run_dir / rundir.OVERRIDES
+        original = [o for o in OmegaConf.load(saved) if not o.startswith(("resume=", "hydra"))] \
+            if saved.exists() else []
+        return [*original, *changed_since_start(self.run_dir, self.state),
+                f"resume={self.path}", f"hydra.run.dir={self.run_dir}", "hydra.output_subdir=null"]
+
+    def check_world_size(self, world_size: int) -> None:
+        """Each rank resumes its own RNG states, so a distributed run resumes with as many ranks as it had."""
+        saved = self.state["h_params"].get("world_size", 1)
+        if saved != world_size:
+            how = f"{saved} ranks (e.g. torchrun --nproc_per_node={saved})" if saved > 1 \
+                else "a single process (no torchrun)"
+            raise UserError(f"resume={self.where}: the checkpoint was trained with world_size={saved}, this run "
+                            f"has world_size={world_size}; resume it with {how}")
+
+    def check(self, h: dict[str, Any], vocab: Optional[torch.Tensor]) -> None:
+        """The checkpoint's model must be this run's: same shape, same token ids."""
+        for key in SHAPE_KEYS:
+            if self.state["h_params"].get(key) != h.get(key):
+                raise UserError(f"resume={self.where}: the checkpoint's {key}={self.state['h_params'].get(key)} "
+                                f"does not match this run's {key}={h.get(key)}")
+        saved = self.state.get("vocab")
+        if (saved is None) != (vocab is None) or (vocab is not None and not torch.equal(saved, vocab)):
+            # Same size, other tokens: each model id would now mean a different token.
+            raise UserError(f"resume={self.where}: the checkpoint's vocabulary differs from this run's data "
+                            f"(data_path={h.get('data_path')}, vocab_compaction={h.get('vocab_compaction')})")
+
+    def restore(self, run: Run) -> None:
+        """Put the checkpoint's state into a freshly built run, then let go of it (it can be large)."""
+        s = self.state
+        run.model.load_state_dict(s["model_state_dict"])
+        run.optimizer.load_state_dict(s["optimizer_state_dict"])
+        rng = s["rng"][run.dist.rank] if isinstance(s["rng"], list) else s["rng"]
+        checkpoint.restore_rng(rng, run.sampler.generator)
+        run.step = run.resumed_at = s["step"]
+        run.best = s.get("best_valid_loss", math.inf)
+        run.last = dict(s.get("last_losses", {}))
+        run.elapsed_before = s.get("elapsed_s", 0.0)
+        run.wandb_id = s.get("wandb_run_id")
+        if run.dist.is_main:  # the rows after the checkpoint are logged again, as the run redoes them
+            rundir.keep_metrics_up_to(run.dir, run.step)
+        self.state = {}
+        log.info("Resuming from %s at step %d", self.path, run.step)
 
 
 def find_auto(overrides: list[str]) -> Path:
@@ -54,24 +116,21 @@ def find_auto(overrides: list[str]) -> Path:
         wanted = OmegaConf.to_container(compose("config", overrides=overrides), resolve=False)
     ignore = {"resume", "progress", "max_iters"}
     wanted = {k: v for k, v in wanted.items() if k not in ignore}
-    candidates = sorted(OUTPUTS.glob(f"*/*/{checkpoint.CKPT_NAME}"), key=lambda p: p.stat().st_mtime)
-    candidates += sorted(OUTPUTS.glob(f"multirun/*/*/*/{checkpoint.CKPT_NAME}"), key=lambda p: p.stat().st_mtime)
-    for ckpt in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
-        saved = ckpt.parent / ".hydra" / "config.yaml"
-        if saved.exists():
-            cfg = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-            if {k: v for k, v in cfg.items() if k not in ignore} == wanted:
-                return ckpt.parent
-    raise UserError(f"resume=auto: no run under {OUTPUTS}/ has a checkpoint and this config")
+    runs = [r for r in rundir.runs_under(rundir.OUTPUTS) if (r / rundir.CKPT).is_file()]
+    for run in sorted(runs, key=lambda r: (r / rundir.CKPT).stat().st_mtime, reverse=True):
+        cfg = OmegaConf.to_container(OmegaConf.load(run / rundir.CONFIG), resolve=False)
+        if {k: v for k, v in cfg.items() if k not in ignore} == wanted:
+            return run
+    raise UserError(f"resume=auto: no run under {rundir.OUTPUTS}/ has a checkpoint and this config")
 
 
-def changed_since_start(run_dir: Path, state: dict) -> list[str]:
+def changed_since_start(run_dir: Path, state: dict[str, Any]) -> list[str]:
     """Overrides for what earlier resumes changed (max_iters=1000, a lower learning_rate).
 
     The run dir's .hydra keeps the config the run started with; the checkpoint keeps the one it
     was last trained with. Without these, resuming a resumed run would quietly go back to the first.
     """
-    saved = run_dir / ".hydra" / "config.yaml"
+    saved = run_dir / rundir.CONFIG
     if not saved.exists() or not isinstance(state.get("config"), dict):
         return []
     try:
@@ -85,7 +144,7 @@ def changed_since_start(run_dir: Path, state: dict) -> list[str]:
     return out
 
 
-def _literal(value) -> Optional[str]:
+def _literal(value: Any) -> Optional[str]:
     """value as Hydra's override grammar reads it back, or None where it cannot be written simply."""
     if value is None:
         return "null"

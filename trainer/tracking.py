@@ -1,4 +1,8 @@
-"""Where each eval goes: metrics.jsonl in the run dir always, Weights & Biases when enabled.
+"""Where a run reports: the console and train.log, metrics.jsonl, W&B, and a progress bar.
+
+`Trackers` is the loop's one output: `eval(row)` prints the book's loss line and writes the
+row to metrics.jsonl (and W&B when enabled), `step(...)` moves the progress bar, `close(...)`
+finishes them all. Only rank 0 reports; the other ranks' Trackers say nothing.
 
 W&B is imported only when enabled (the import costs about a second and patches stdout), its
 mode is set in the environment before `wandb.init` (passing it to init alone still reaches
@@ -8,50 +12,77 @@ with exit code 1 when the job failed, so the next job of a sweep starts clean.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-log = logging.getLogger(__name__)
+from trainer import rundir
 
-METRICS_NAME = "metrics.jsonl"
+if TYPE_CHECKING:
+    from trainer.run import Run, RunInfo
+
+log = logging.getLogger("trainer")
+
 ONLINE_INIT_TIMEOUT_S = 20  # how long an online wandb.init may wait for the server before going offline
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_NAME
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut short by a crash ends the readable record
-    return rows
+class Trackers:
+    """Every place an eval or a step is reported to (rank 0 only)."""
 
+    def __init__(self, run: Run, info: RunInfo, headline: str):
+        self.on = run.dist.is_main
+        self.metrics, self.wandb, self.bar = None, None, None
+        self._stack = contextlib.ExitStack()
+        if not self.on:
+            return
+        self.metrics = self._stack.enter_context(open(run.dir / rundir.METRICS, "a"))
+        if run.cfg.wandb.enabled:
+            self.wandb = WandbRun(run.cfg.wandb, run.dir, run.h, group=info.group, name=info.name or run.dir.name,
+                                  resume_id=run.wandb_id)
+            run.wandb_id = self.wandb.id
+        log.info(headline)
+        show_bar = run.cfg.progress if run.cfg.progress is not None else sys.stderr.isatty()
+        if show_bar:
+            self.bar = self._progress_bar(run.cfg.max_iters, run.step)
 
-class MetricsLog:
-    """One JSON line per eval, flushed at once so a crash loses nothing already evaluated."""
+    def _progress_bar(self, total: int, initial: int):
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
-    def __init__(self, run_dir: Path, keep_up_to_step: Optional[int] = None):
-        self.path = Path(run_dir) / METRICS_NAME
-        if keep_up_to_step is not None:  # resuming: drop rows logged after the checkpoint
-            rows = [r for r in read_metrics(run_dir) if r["step"] <= keep_up_to_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            os.replace(tmp, self.path)
-        self.file = open(self.path, "a")
+        bar = self._stack.enter_context(tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                                             leave=False))
+        self._stack.enter_context(logging_redirect_tqdm())  # log lines print above the bar, not through it
+        return bar
 
-    def write(self, row: dict[str, Any]) -> None:
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+    def eval(self, row: dict[str, Any]) -> None:
+        """The book's line on the console and in train.log, a row in metrics.jsonl (flushed at once,
+        so a crash loses nothing already evaluated), and a W&B history step."""
+        if not self.on:
+            return
+        log.info(f"Step: {row['step']}, Training Loss: {row['train_loss']:.3f}, "
+                 f"Validation Loss: {row['valid_loss']:.3f}")
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        if self.wandb:
+            self.wandb.log(row)
 
-    def close(self) -> None:
-        self.file.close()
+    def step(self, loss: float, tokens_per_s: float, mfu: Optional[float]) -> None:
+        if self.bar is not None:
+            postfix = {"loss": f"{loss:.3f}", "tok_s": f"{tokens_per_s:,.0f}"}
+            if mfu is not None:
+                postfix["mfu"] = f"{mfu:.1%}"
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(1)
+
+    def close(self, exit_code: int, summary: dict[str, Any]) -> None:
+        self._stack.close()
+        if self.wandb:  # a failed run still reports the best valid loss it reached
+            self.wandb.finish(exit_code, summary)
 
 
 def _logged_in() -> bool:

@@ -1,0 +1,107 @@
+"""What the tests share: the tiny model's overrides, running the CLI (in a child process, or in
+this one), and reading back what a run or a sweep left in its dirs (through trainer.rundir,
+as the trainer itself reads them)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer import rundir
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A model small enough that a run of a few dozen steps takes a second or two on a laptop CPU.
+TINY = ["d_model=32", "num_blocks=2", "num_heads=2", "context_length=32", "batch_size=4",
+        "max_iters=20", "eval_interval=10", "eval_iters=2", "device=cpu", "num_threads=1"]
+
+
+# ----------------------------------------------------------------------------- running the CLI
+
+
+def trainer_env(cache_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment a child process trains in: this checkout's trainer first on the path, the
+    session's tokenizer cache, and no W&B, Hydra or torchrun settings leaking in from outside."""
+    e = {k: v for k, v in os.environ.items()
+         if not k.startswith(("WANDB_", "HYDRA_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    e.update(TRAINER_CACHE_DIR=str(cache_dir), WANDB_SILENT="true", PYTHONUNBUFFERED="1",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    e.update(extra)
+    return e
+
+
+def run_module(module: str, *args: str, cwd: Path, env: dict[str, str],
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m module args...` in a child process, as a user types it."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(*args: str, cwd: Path) -> Result:
+    """`python -m trainer args...` in this process (no interpreter and torch start: ~1.3 s less per
+    run), with cwd, sys.argv, stdout and stderr as a child would have them, and put back after."""
+    from trainer.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    old_cwd, old_argv = os.getcwd(), sys.argv
+    os.chdir(cwd)
+    sys.argv = ["trainer", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(old_cwd)
+        sys.argv = old_argv
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+# ----------------------------------------------------------------------------- reading results
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every single-run dir under root/outputs/<date>/<time>, oldest first."""
+    return sorted(p for p in (root / rundir.OUTPUTS).glob("*/*") if p.is_dir() and p.parts[-2] != rundir.MULTIRUN)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    rows = rundir.read_metrics(run_dir)
+    assert rows, f"no metrics in {run_dir}"
+    return rows
+
+
+def losses(rows: list[dict]) -> list[tuple]:
+    """What must match bit for bit between two runs of the same training (timings differ)."""
+    return [(r["step"], r["train_loss"], r["valid_loss"], r["learning_rate"]) for r in rows]
+
+
+def sweep_dir(root: Path) -> Path:
+    """The one sweep dir under root/outputs/multirun/<date>/<time>."""
+    (sweep,) = [p for p in (root / rundir.OUTPUTS / rundir.MULTIRUN).glob("*/*") if p.is_dir()]
+    return sweep
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    """The sweep's job dirs (0, 1, ...), in job order."""
+    return sorted((p for p in sweep.iterdir() if (p / rundir.HYDRA).is_dir()), key=lambda p: int(p.name))
+
+
+def threads_used(job_dir: Path) -> int:
+    """The CPU threads the job trained with, from its log line 'Training on cpu (N threads)'."""
+    return int(re.search(r"on cpu \((\d+) threads?\)", (job_dir / rundir.LOG).read_text()).group(1))

@@ -1,0 +1,104 @@
+"""The command line Hydra sees: every decision that must be made before Hydra starts, in one place.
+
+Hydra composes the config from the command line and only then makes the run dir; a few things
+cannot wait for that, so `prepare` adds overrides for them first:
+- a run dir no other run shares, made here atomically: Hydra names dirs by the second, and two
+  runs started together would share one (Hydra issue #2925). If the run then fails before
+  training, the dir is removed again (`Invocation.remove_unused_dirs`);
+- under torchrun every rank runs Hydra: only rank 0 gets a run dir, the others write nothing
+  (Hydra issue #2070);
+- `resume=...` continues the original run in place, with its dir and its overrides: the
+  checkpoint is read now (trainer.resume), so a bad one fails before Hydra writes anything, and
+  is handed on to the training run in `Invocation.resume`;
+- a sweep's jobs are named by what varies between them (trainer.sweep.overrides).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from trainer import rundir
+from trainer.distributed import env_rank, world_size
+from trainer.errors import UserError
+from trainer.resume import ResumePoint
+from trainer.sweep.overrides import is_sweep, sweep_overrides
+
+# Flags with which Hydra only prints (help, the config, info): no run, so no run dir.
+NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                "--resolve", "--package", "-p"}
+
+# Ranks other than 0 under torchrun: no .hydra/ dir, no train.log (the console only, warnings up).
+QUIET_RANK = ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING",
+              "hydra/hydra_logging=disabled"]
+
+
+@dataclass
+class Invocation:
+    """What was decided before Hydra started, for the run to use."""
+
+    argv: list[str]  # the command line Hydra parses
+    fresh_dirs: list[Path] = field(default_factory=list)  # the run dir made for this run, then its new parents
+    resume: Optional[ResumePoint] = None  # the checkpoint `resume=` names, already read
+
+    def remove_unused_dirs(self) -> None:
+        """A run that failed before training leaves no dir behind (only ever the ones made for it)."""
+        if not self.fresh_dirs:
+            return
+        run_dir, *parents = self.fresh_dirs
+        if any((run_dir / name).exists() for name in (rundir.CKPT, rundir.METRICS)):
+            return
+        logging.shutdown()  # Hydra's file handler holds train.log open
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in parents:  # innermost first, and only while empty
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+        self.fresh_dirs = []
+
+
+def value_of(overrides: list[str], key: str) -> Optional[str]:
+    for arg in overrides:
+        if arg.startswith(f"{key}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def prepare(argv: list[str]) -> Invocation:
+    """The command line for Hydra: the user's, plus the run dir, rank and resume decisions above."""
+    if any(a.split("=")[0] in NO_RUN_FLAGS for a in argv):
+        return Invocation(argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    multirun = "-m" in argv or "--multirun" in argv or is_sweep(overrides)
+    if multirun and world_size() > 1:
+        raise UserError("--multirun under torchrun: launch one torchrun per sweep job instead "
+                        "(e.g. hydra/launcher=submitit_slurm), or run the sweep without torchrun")
+    resume = value_of(overrides, "resume")
+    if resume and not multirun:
+        return _resuming(argv, overrides, resume)
+    if env_rank() > 0:  # torchrun: only rank 0 owns a run dir
+        return Invocation(argv + ["hydra.run.dir=.", *QUIET_RANK])
+    if multirun:
+        extra = sweep_overrides(overrides)
+        if value_of(overrides, "hydra.sweep.dir") is None:
+            path, _ = rundir.new_dir(multirun=True)
+            extra.append(f"hydra.sweep.dir={path}")
+        return Invocation(argv + extra)
+    if value_of(overrides, "hydra.run.dir") is not None:
+        return Invocation(argv)
+    path, new_parents = rundir.new_dir(multirun=False)
+    return Invocation(argv + [f"hydra.run.dir={path}"], fresh_dirs=[path.resolve(), *(p.resolve() for p in new_parents)])
+
+
+def _resuming(argv: list[str], overrides: list[str], resume: str) -> Invocation:
+    """The run's own overrides first, then the user's: Hydra lets the last value of a key win."""
+    others = [o for o in overrides if not o.startswith("resume=")]
+    point = ResumePoint.load(resume, others)
+    flags = [a for a in argv if a.startswith("-")]
+    argv = flags + point.overrides() + [a for a in argv if not a.startswith(("-", "resume="))]
+    return Invocation(argv + QUIET_RANK if env_rank() > 0 else argv, resume=point)

@@ -1,0 +1,201 @@
+"""The run dir: the name of every file a run or a sweep writes, and reading a run dir back.
+
+    outputs/<date>/<time>/              one run; a sweep's jobs: outputs/multirun/<date>/<time>/<job>/
+    ├── .hydra/config.yaml              the composed config            (Hydra)
+    ├── .hydra/overrides.yaml           what was typed                  (Hydra)
+    ├── .hydra/hydra.yaml               Hydra's settings: job number, name (Hydra)
+    ├── model.ckpt                      the latest checkpoint           (trainer.checkpoint)
+    ├── metrics.jsonl                   one JSON row per eval           (trainer.tracking)
+    ├── summary.json                    best/final losses, when it ends (trainer.cli)
+    ├── error.txt                       a failed sweep job's one line   (trainer.sweep.summary)
+    ├── train.log                       the log                         (Hydra's job logging)
+    └── wandb/                          W&B's files, when enabled       (trainer.tracking)
+
+A sweep dir adds summary.csv and summary.md (trainer.sweep.summary); `trainer.compare` writes
+compare.png. A new file in the run dir gets its name here, and its reader here too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+from trainer.errors import UserError
+
+OUTPUTS = Path("outputs")  # where run dirs go, relative to the working directory (Hydra's default)
+MULTIRUN = "multirun"  # outputs/multirun/<date>/<time>/: one dir per sweep
+
+CKPT = "model.ckpt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+ERROR = "error.txt"
+LOG = "train.log"  # named by hydra.job.name in conf/config.yaml
+WANDB = "wandb"
+HYDRA = ".hydra"
+CONFIG = f"{HYDRA}/config.yaml"
+OVERRIDES = f"{HYDRA}/overrides.yaml"
+HYDRA_YAML = f"{HYDRA}/hydra.yaml"
+
+SWEEP_CSV = "summary.csv"
+SWEEP_MD = "summary.md"
+SWEEP_LOCK = ".summary.lock"
+PLOT = "compare.png"
+
+
+# ----------------------------------------------------------------------------- making one
+
+
+def new_dir(multirun: bool, now: Optional[datetime] = None) -> tuple[Path, list[Path]]:
+    """A fresh timestamped dir for a run (or a sweep), and the parents made for it (innermost first).
+
+    Two runs started in the same second get HH-MM-SS and HH-MM-SS_1 (Hydra's own name would be
+    shared: Hydra issue #2925).
+    """
+    now = now or datetime.now()
+    root = OUTPUTS / MULTIRUN if multirun else OUTPUTS
+    base = root / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
+    new_parents = [p for p in base.parents if not p.exists()]  # e.g. today's date dir
+    return unique_dir(base), new_parents
+
+
+def unique_dir(base: Path) -> Path:
+    """base, or base_1, base_2, ...: the first that this process creates itself (atomic mkdir)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(10_000):
+        path = base if i == 0 else base.with_name(f"{base.name}_{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"{base}: could not find a free run dir name")
+
+
+def runs_under(root: Path) -> list[Path]:
+    """Every run dir at any depth under root (a run dir has .hydra/config.yaml), sorted by path."""
+    root = Path(root)
+    if (root / CONFIG).is_file():
+        return [root]
+    return sorted(c.parent.parent for c in root.glob(f"**/{CONFIG}"))
+
+
+# ----------------------------------------------------------------------------- its files
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temp file in the same dir, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows; a line cut short by a crash ends the readable record."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def keep_metrics_up_to(run_dir: Path, step: int) -> None:
+    """Drop the rows logged after `step` (a resumed run logs them again, from its checkpoint)."""
+    rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
+    write_atomic(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    (Path(run_dir) / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def hydra_job(run_dir: Path) -> dict[str, Any]:
+    """The `hydra.job` node of the run's hydra.yaml ({} before Hydra wrote it). Plain YAML,
+    C-parsed: a sweep's summary reads every job's file after every job, and OmegaConf.load takes
+    20x as long (~20 ms a file)."""
+    import yaml
+
+    path = Path(run_dir) / HYDRA_YAML
+    if not path.is_file():
+        return {}
+    data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    return (data.get("hydra") or {}).get("job") or {}
+
+
+# ----------------------------------------------------------------------------- reading it back
+
+
+def _number(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+@dataclass
+class RunRecord:
+    """What a run dir says of its run: its status, losses and speed, from summary.json once it
+    finished well, else from its metrics so far (a failed, killed or still running run)."""
+
+    path: Path
+    status: str  # ok | failed | running (a sweep still going) | incomplete (stopped, no summary)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def _valid(self) -> list[float]:
+        return [v for v in (_number(r.get("valid_loss")) for r in self.metrics) if v is not None]
+
+    def _last(self, key: str) -> Any:
+        return self.metrics[-1].get(key) if self.metrics else None
+
+    @property
+    def best_valid_loss(self) -> Optional[float]:
+        if self.summary:
+            return _number(self.summary.get("best_valid_loss"))
+        return min(self._valid(), default=None)
+
+    @property
+    def final_valid_loss(self) -> Optional[float]:
+        if self.summary:
+            return _number(self.summary.get("final_valid_loss"))
+        valid = self._valid()
+        return valid[-1] if valid else None
+
+    @property
+    def tokens_per_s(self) -> Optional[float]:
+        return _number(self.summary.get("tokens_per_s") if self.summary else self._last("tokens_per_s"))
+
+    @property
+    def wall_s(self) -> Optional[float]:
+        return _number(self.summary.get("wall_s") if self.summary else self._last("elapsed_s"))
+
+    @property
+    def steps(self) -> Optional[int]:
+        return self.summary.get("steps") if self.summary else self._last("step")
+
+
+def read_run(run_dir: Path, still_running: bool = False) -> RunRecord:
+    """The run in run_dir; one with neither a summary nor an error is `running` if the caller
+    knows it may still be going (a sweep in progress), else `incomplete`."""
+    run_dir = Path(run_dir)
+    summary, error_path = read_summary(run_dir), run_dir / ERROR
+    if summary:
+        status = "ok"
+    elif error_path.exists():
+        status = "failed"
+    else:
+        status = "running" if still_running else "incomplete"
+    error = error_path.read_text().strip() if status == "failed" else ""
+    return RunRecord(run_dir, status, read_metrics(run_dir), summary, error)

@@ -1,0 +1,7 @@
+"""Sweeps (`python -m trainer -m learning_rate=1e-3,3e-4`), one module per job:
+
+- `overrides`: what a sweep's command line gets before Hydra starts (job names that say what
+  varies; a refusal of what cannot work);
+- `threads`: how many jobs share this machine's cores, so each takes its share of threads;
+- `summary`: the Hydra callback that keeps summary.csv / summary.md current at the sweep root.
+"""

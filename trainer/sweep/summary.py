@@ -1,0 +1,162 @@
+"""summary.csv and summary.md at a sweep's root, kept current after every job.
+
+`SweepSummary` is a Hydra callback (registered under `hydra.callbacks` in conf/config.yaml).
+After every job it rewrites both files from what the job dirs hold (read by
+`trainer.rundir.read_run`), so the summary is there even when Hydra stops the sweep on a
+failed job and never calls `on_multirun_end`. Jobs may end at once in parallel processes
+(joblib, submitit): a file lock serialises the rewrites, and the last one sees every job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from trainer import rundir
+from trainer.errors import job_error
+from trainer.sweep.overrides import check_storage
+from trainer.sweep.threads import BATCH_ENV, first_batch_size
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["job", "overrides", "status", "best_valid_loss", "final_valid_loss", "tokens_per_s", "wall_s",
+           "steps", "run_dir", "error"]
+
+
+def job_row(job_dir: Path, final: bool = False, sweep_dir: Optional[Path] = None) -> dict[str, Any]:
+    """One job's line of the summary, from the files in its dir."""
+    job = rundir.hydra_job(job_dir)
+    run = rundir.read_run(job_dir, still_running=not final)
+    return {
+        "job": job.get("num"),
+        "overrides": job.get("override_dirname") or "",
+        "status": run.status,
+        "best_valid_loss": run.best_valid_loss,
+        "final_valid_loss": run.final_valid_loss,
+        "tokens_per_s": run.tokens_per_s,
+        "wall_s": run.wall_s,
+        "steps": run.steps,
+        "run_dir": os.path.relpath(job_dir, job_dir.parent if sweep_dir is None else sweep_dir),
+        "error": run.error,
+    }
+
+
+def collect(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
+    rows = [job_row(d, final, sweep_dir) for d in rundir.runs_under(sweep_dir)]
+    return sorted(rows, key=lambda r: (r["job"] if isinstance(r["job"], int) else 1 << 30, r["run_dir"]))
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    return out.getvalue()
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def to_markdown(rows: list[dict[str, Any]], title: str = "Sweep summary") -> str:
+    """A Markdown table of the jobs, with the best one named first."""
+    lines = [f"# {title}", ""]
+    done = [r for r in rows if r["status"] == "ok" and r["best_valid_loss"] is not None]
+    if done:
+        best = min(done, key=lambda r: r["best_valid_loss"])
+        lines += [f"Best: job {best['job']} (`{best['overrides'] or best['run_dir']}`), "
+                  f"best valid loss {best['best_valid_loss']:.4f}.", ""]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "running", "incomplete")}
+    lines += [", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no jobs yet", ""]
+    lines += ["| job | overrides | status | best valid loss | final valid loss | tokens/s | wall s |",
+              "|---:|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        overrides = f"`{r['overrides']}`" if r["overrides"] else ""
+        status = r["status"] if not r["error"] else f"{r['status']}: {r['error']}".replace("|", "\\|")
+        lines.append(f"| {r['job']} | {overrides} | {status} | {_fmt(r['best_valid_loss'], '.4f')} | "
+                     f"{_fmt(r['final_valid_loss'], '.4f')} | {_fmt(r['tokens_per_s'], ',.0f')} | "
+                     f"{_fmt(r['wall_s'], '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def _locked(sweep_dir: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: jobs there run one at a time (basic launcher) or the last write wins
+        yield
+        return
+    with open(sweep_dir / rundir.SWEEP_LOCK, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_summary(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
+    """(Re)write summary.csv and summary.md in sweep_dir; returns the rows."""
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(sweep_dir):
+        rows = collect(sweep_dir, final)
+        rundir.write_atomic(sweep_dir / rundir.SWEEP_CSV, to_csv(rows))
+        rundir.write_atomic(sweep_dir / rundir.SWEEP_MD, to_markdown(rows, f"Sweep {sweep_dir}"))
+    return rows
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+    """The sweep dir, also from inside a job that chdir'ed into its own dir (hydra.job.chdir=true)."""
+    path = Path(config.hydra.sweep.dir)
+    cwd = OmegaConf.select(config, "hydra.runtime.cwd", default=None)
+    return path if path.is_absolute() or not cwd else Path(cwd) / path
+
+
+def _error_line(job_return: JobReturn) -> str:
+    ex = getattr(job_return, "_return_value", None)  # the exception (return_value would re-raise it)
+    return job_error(ex) if isinstance(ex, BaseException) else "failed"
+
+
+class SweepSummary(Callback):
+    """Hydra callback: keeps `summary.csv` / `summary.md` current at the sweep root."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("OptunaSweeper"):
+            check_storage(OmegaConf.select(config, "hydra.sweeper.storage"))  # set in a yaml: Hydra warns
+        n = first_batch_size(config)
+        if n:  # launchers' worker processes inherit it: trainer.sweep.threads.parallel_jobs reads it
+            os.environ[BATCH_ENV] = str(n)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return
+        try:
+            if job_return.status == JobStatus.FAILED:
+                job_dir = Path(config.hydra.runtime.output_dir)
+                (job_dir / rundir.ERROR).write_text(_error_line(job_return) + "\n")
+            write_summary(_sweep_dir(config))
+        except Exception as e:  # the summary is a convenience: it must never fail a job
+            log.warning("sweep summary not written: %s", e)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = _sweep_dir(config)
+        try:
+            rows = write_summary(sweep_dir, final=True)
+        except Exception as e:
+            log.warning("sweep summary not written: %s", e)
+            return
+        # Printed, not logged: the logging config here is still the last job's (its train.log).
+        print("\n" + to_markdown(rows, f"Sweep {sweep_dir}") + f"\n(also in {sweep_dir / rundir.SWEEP_CSV})",
+              flush=True)
