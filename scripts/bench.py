@@ -16,7 +16,10 @@ Measured per run, in a child process each:
   our summary.json's wall_s);
 - peak RSS and CPU time of that child alone (os.wait4's rusage);
 - final valid loss, re-evaluated here for both models on the SAME windows: every
-  non-overlapping window of the valid split (the last 10% of the corpus), in cl100k ids.
+  non-overlapping window of the valid split (the last 10% of the corpus), in cl100k ids. Each
+  checkpoint is scored in a fresh child process whose import path starts with the code that
+  trained it (the variant's checkout, or the baseline dir), so `--variant NAME@CHECKOUT` is
+  evaluated with that checkout's own model, not this one's.
 
 Why the compacted model's loss compares with the book's: our model's softmax covers only the
 token ids present in the corpus; read as a model over all cl100k ids, it gives every other id
@@ -52,7 +55,9 @@ SHARED = next((d / "shared" for d in (REPO.parent, REPO.parent.parent) if (d / "
               REPO.parent / "shared")
 DEFAULT_BASELINE = SHARED / "baseline"
 DEFAULT_DATA = SHARED / "data" / "github_pr_titles.csv"
-sys.path.insert(0, str(REPO))  # this checkout's trainer (tokenizer cache, CPU peak, model)
+# No trainer import at the top, nor a sys.path entry for REPO: the scoring child (--score) runs
+# this file too, and must import its own checkout's trainer. The parent puts REPO first in main().
+WINDOWS = "valid-windows.pt"  # the fixed windows, saved once by the parent for the scoring children
 
 # The book's hyperparameters (seed_train.py's h_params), as this trainer's overrides.
 BOOK = dict(d_model=80, num_blocks=6, num_heads=4, batch_size=2, context_length=128, max_iters=500,
@@ -130,9 +135,13 @@ def run_ours(args, variant: Variant, rep: int, work: Path, env: dict[str, str]) 
     wall, cpu, rss, code = timed_child(our_command(args, variant, run_dir, args.iters), log, env, work)
     if code != 0:
         sys.exit(f"error: {variant.name} failed (exit {code}); see {log}:\n{log.read_text()[-2000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    from trainer.rundir import CKPT, SUMMARY, read_summary
+
+    summary = read_summary(run_dir)
+    if not summary:
+        sys.exit(f"error: {variant.name} wrote no {run_dir / SUMMARY}; see {log}")
     return Run(variant.name, rep, wall, cpu, rss, summary.get("wall_s"), summary.get("final_valid_loss"),
-               run_dir / "model.ckpt")
+               run_dir / CKPT)
 
 
 # ----------------------------------------------------------------------------- evaluating
@@ -174,41 +183,101 @@ def _mean_ce(logits_fn, x, y, rows: int, allowed=None) -> float:
     return total / count
 
 
-def eval_book(path: Path, baseline_dir: Path, x, y, vocab) -> tuple[float, float]:
+# The model class each kind of checkpoint was trained with, imported from the code dir first on sys.path.
+MODELS = {"book": ("seed_model", "Model"), "ours": ("trainer.model", "GPT")}
+
+
+def load_model(path: Path, kind: str):
+    """The one loader for both kinds: MODELS[kind] built from the checkpoint's h_params, its
+    weights loaded, in eval mode. Returns (model, state): our reading needs the state's vocab."""
+    import importlib
+
+    import torch
+
+    module, name = MODELS[kind]
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = getattr(importlib.import_module(module), name)(state["h_params"])
+    model.load_state_dict(state["model_state_dict"])
+    model.eval()
+    return model, state
+
+
+def book_losses(model, x, y, vocab) -> tuple[float, float]:
     """The book model's loss over all its max_token_value classes, and restricted to the corpus's ids."""
     import torch
 
-    sys.path.insert(0, str(baseline_dir))
-    from seed_model import Model
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = Model(state["h_params"])
-    model.load_state_dict(state["model_state_dict"])
-    model.eval()
     full = _mean_ce(lambda xb: model(xb)[0], x, y, rows=2)
     rank = torch.searchsorted(vocab, y.contiguous())  # the targets as positions in the corpus's id set
     restricted = _mean_ce(lambda xb: model(xb)[0], x, rank, rows=2, allowed=vocab)
     return full, restricted
 
 
-def eval_ours(path: Path, repo: Path, x, y) -> float:
+def our_loss(model, state, x, y) -> float:
     """Our model's loss in cl100k id space: a compacted model gives ids outside its vocab logit
     -inf, which never are targets, so the loss equals the one over its own classes."""
     import torch
 
-    sys.path.insert(0, str(repo))
-    from trainer.model import GPT
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = GPT(state["h_params"])
-    model.load_state_dict(state["model_state_dict"])
-    model.eval()
     vocab = state.get("vocab")
     if vocab is None:  # no compaction: model ids are cl100k ids
         return _mean_ce(lambda xb: model(xb)[0], x, y, rows=8)
     to_model = torch.searchsorted(vocab, x.contiguous())
     assert torch.equal(vocab[to_model], x), "a valid token outside the checkpoint's vocab"
-    return _mean_ce(lambda i: model(to_model[i])[0], torch.arange(len(x)), torch.searchsorted(vocab, y.contiguous()), rows=8)
+    targets = torch.searchsorted(vocab, y.contiguous())
+    return _mean_ce(lambda i: model(to_model[i])[0], torch.arange(len(x)), targets, rows=8)
+
+
+def score(kind: str, path: Path, x, y, vocab) -> dict:
+    """The checkpoint's losses on the windows, with the model class importable here: `loss` (the
+    table's shared reading) and `restricted` (the book's softmax over the corpus's ids; None for ours)."""
+    model, state = load_model(path, kind)
+    if kind == "book":
+        full, restricted = book_losses(model, x, y, vocab)
+        return {"loss": full, "restricted": restricted}
+    return {"loss": our_loss(model, state, x, y), "restricted": None}
+
+
+def save_windows(path: Path, x, y, vocab) -> Path:
+    """The windows and the corpus's id set, computed once by the parent, for every scoring child."""
+    import torch
+
+    torch.save({"x": x, "y": y, "vocab": vocab}, path)
+    return path
+
+
+def score_main(argv: list[str]) -> None:
+    """The scoring child: `bench.py --score KIND --code DIR --windows FILE CKPT` prints one JSON line,
+    {"loss", "restricted", "model_file"}. DIR goes first on sys.path before anything imports the
+    model, and the model's module must come from DIR: a checkout is scored with its own code."""
+    p = argparse.ArgumentParser(prog="bench.py --score", description=score_main.__doc__)
+    p.add_argument("kind", choices=sorted(MODELS))
+    p.add_argument("--code", type=Path, required=True, help="the checkout (or baseline dir) that trained it")
+    p.add_argument("--windows", type=Path, required=True, help="the parent's saved windows (save_windows)")
+    p.add_argument("ckpt", type=Path)
+    args = p.parse_args(argv)
+    code = args.code.resolve()
+    sys.path.insert(0, str(code))
+    import importlib
+
+    import torch
+
+    module = importlib.import_module(MODELS[args.kind][0])
+    if not Path(module.__file__).resolve().is_relative_to(code):
+        sys.exit(f"error: {module.__name__} imported from {module.__file__}, not from {code}")
+    w = torch.load(args.windows, map_location="cpu", weights_only=True)
+    result = score(args.kind, args.ckpt, w["x"], w["y"], w["vocab"])
+    print(json.dumps({**result, "model_file": str(Path(module.__file__).resolve())}))
+
+
+def score_in_child(kind: str, path: Path, code: Path, windows: Path, env: Optional[dict[str, str]] = None) -> dict:
+    """score() in a fresh interpreter whose imports start at `code`: the parent has this checkout's
+    trainer imported already, so only a new process can load another checkout's model."""
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(code)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--score", kind, "--code", str(code),
+           "--windows", str(windows), str(path)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"error: scoring {path} with {code} failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -221,6 +290,8 @@ def loadavg() -> str:
 def machine() -> str:
     import torch
 
+    from trainer.device import available_cores
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -229,7 +300,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     return f"{cpu}, {cores} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
@@ -287,7 +358,8 @@ def table(runs: list[Run], names: list[str], tokens: int) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def main() -> None:
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The command line, with --quick applied and the paths checked."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE, help="dir with seed_train.py")
@@ -299,7 +371,7 @@ def main() -> None:
                    help="one of our configurations to time (default: ours, the default config)")
     p.add_argument("--quick", action="store_true", help="100 steps, one run each")
     p.add_argument("--workdir", type=Path, help="where runs, logs and bench.json go (default: a temp dir)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.iters, args.reps, args.baseline_reps = 100, 1, min(args.baseline_reps, 1)
     args.data = args.data.resolve()
@@ -309,21 +381,12 @@ def main() -> None:
     if args.baseline_reps and not (args.baseline / "seed_train.py").is_file():
         print(f"note: no {args.baseline / 'seed_train.py'}: timing our trainer only", file=sys.stderr)
         args.baseline_reps = 0
-    variants = [parse_variant(v) for v in args.variant] or [Variant("ours")]
-    work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    return args
 
-    import torch
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_", "TRAINER_"))}
-    env.update(TRAINER_CACHE_DIR=str(work / "cache"), PYTHONUNBUFFERED="1")
-    tokens = args.iters * BOOK["batch_size"] * BOOK["context_length"]
-    print(f"machine: {machine()}", flush=True)
-    print(f"corpus: {args.data}; {args.iters} steps x {BOOK['batch_size']} x {BOOK['context_length']} tokens; "
-          f"workdir {work}")
-
-    # A one-step run of each variant first, untimed: it fills the tokenizer cache (part of our
-    # design; the book tokenizes in every run) and measures the CPU peak for MFU (cached too).
+def warm_up(args, variants: list[Variant], work: Path, env: dict[str, str]) -> None:
+    """A one-step run of each variant, untimed: it fills the tokenizer cache (part of our design;
+    the book tokenizes in every run) and measures the CPU peak for MFU (cached too)."""
     for v in variants:
         warm = subprocess.run(our_command(args, v, work / f"warmup-{v.name}", 1) + ["eval_interval=1"],
                               env={**env, "PYTHONPATH": str(v.repo)}, cwd=work, capture_output=True, text=True)
@@ -333,6 +396,9 @@ def main() -> None:
     for key, flops in (json.loads(peaks.read_text()) if peaks.exists() else {}).items():
         print(f"measured CPU peak for MFU: {flops / 1e9:.1f} GFLOP/s a core ({key})")
 
+
+def run_all(args, variants: list[Variant], work: Path, env: dict[str, str]) -> list[Run]:
+    """Every timed run, alternating: ours, book, ours, ... so that a busy machine slows both alike."""
     runs: list[Run] = []
     for rep in range(max(args.reps, args.baseline_reps)):
         schedule = [v for v in variants if rep < args.reps]
@@ -345,16 +411,21 @@ def main() -> None:
             print(f"[{started}] {r.who} #{rep + 1}: {r.wall_s:.1f} s wall, {r.cpu_s:.1f} s CPU, "
                   f"{r.peak_rss_mb:,.0f} MB peak RSS, own last valid loss {r.own_valid_loss}; "
                   f"load average after it {loadavg()}", flush=True)
+    return runs
 
-    x, y, vocab, train_ids = valid_windows(args.data, BOOK["context_length"])
-    unseen = (~torch.isin(y, train_ids)).sum().item()
+
+def evaluate(runs: list[Run], args, variants: list[Variant], windows: Path, env: dict[str, str]) -> None:
+    """Every run's losses on the saved windows, each in a child importing the code that trained it."""
+    repos = {v.name: v.repo for v in variants}
     for r in runs:
-        if r.who == "book":
-            r.eval_loss, r.eval_loss_restricted = eval_book(r.model_path, args.baseline, x, y, vocab)
-        else:
-            repo = next(v.repo for v in variants if v.name == r.who)
-            r.eval_loss = eval_ours(r.model_path, repo, x, y)
+        kind, code = ("book", args.baseline) if r.who == "book" else ("ours", repos[r.who])
+        scores = score_in_child(kind, r.model_path, code, windows, env)
+        r.eval_loss, r.eval_loss_restricted = scores["loss"], scores["restricted"]
 
+
+def report(runs: list[Run], args, variants: list[Variant], x, y, vocab, unseen: int) -> None:
+    """The table, with what it measured on: machine, settings, the fixed windows, the commands."""
+    tokens = args.iters * BOOK["batch_size"] * BOOK["context_length"]
     ours = [r for r in runs if r.who != "book"]
     deterministic = {n.name: len({r.eval_loss for r in ours if r.who == n.name}) == 1 for n in variants}
     print()
@@ -371,8 +442,33 @@ def main() -> None:
           + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in deterministic.items()) + ".")
     for v in variants:
         print(f"{v.name}: python -m trainer " + " ".join(shlex.quote(a) for a in our_command(args, v, Path('RUN'), args.iters)[3:]))
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPO))  # the parent's trainer (tokenizer, cache, run dir): this checkout's
+    args = parse_args()
+    variants = [parse_variant(v) for v in args.variant] or [Variant("ours")]
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_", "TRAINER_"))}
+    env.update(TRAINER_CACHE_DIR=str(work / "cache"), PYTHONUNBUFFERED="1")
+    print(f"machine: {machine()}", flush=True)
+    print(f"corpus: {args.data}; {args.iters} steps x {BOOK['batch_size']} x {BOOK['context_length']} tokens; "
+          f"workdir {work}")
+    warm_up(args, variants, work, env)
+    runs = run_all(args, variants, work, env)
+
+    x, y, vocab, train_ids = valid_windows(args.data, BOOK["context_length"])
+    evaluate(runs, args, variants, save_windows(work / WINDOWS, x, y, vocab), env)
+    report(runs, args, variants, x, y, vocab, unseen=(~torch.isin(y, train_ids)).sum().item())
     (work / "bench.json").write_text(json.dumps([{**r.__dict__, "model_path": str(r.model_path)} for r in runs], indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--score"]:  # internal: the scoring child, see score_main
+        score_main(sys.argv[2:])
+    else:
+        main()
