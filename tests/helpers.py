@@ -51,15 +51,14 @@ class Result:
     stderr: str
 
 
-def run_in_process(*args: str, cwd: Path) -> Result:
-    """`python -m trainer args...` in this process (no interpreter and torch start: ~1.3 s less per
-    run), with cwd, sys.argv, stdout and stderr as a child would have them, and put back after."""
-    from trainer.cli import main
-
+def call_main(main, *args: str, cwd: Path) -> Result:
+    """A command's `main()` (trainer.cli, trainer.compare, trainer.generate) in this process, with cwd,
+    sys.argv, stdout and stderr as a child process would have them, all put back after: no
+    interpreter and torch start-up (~1.3 s a run) for what needs no process of its own."""
     out, err, code = io.StringIO(), io.StringIO(), 0
     old_cwd, old_argv = os.getcwd(), sys.argv
     os.chdir(cwd)
-    sys.argv = ["trainer", *args]
+    sys.argv = [main.__module__, *args]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -70,6 +69,13 @@ def run_in_process(*args: str, cwd: Path) -> Result:
         os.chdir(old_cwd)
         sys.argv = old_argv
     return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_in_process(*args: str, cwd: Path) -> Result:
+    """`python -m trainer args...` in this process."""
+    from trainer.cli import main
+
+    return call_main(main, *args, cwd=cwd)
 
 
 # ----------------------------------------------------------------------------- reading results

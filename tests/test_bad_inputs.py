@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, run_module, trainer_env
+from helpers import TINY, run_in_process, run_module, trainer_env
 
 from trainer import rundir
 
@@ -33,7 +33,9 @@ class Evil:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, cache_dir) -> Path:
     ws = tmp_path_factory.mktemp("workspace")
-    done = run_module("trainer", *TINY, "max_iters=2", f"hydra.run.dir={RUN}", cwd=ws, env=trainer_env(cache_dir))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRAINER_CACHE_DIR", str(cache_dir))
+        done = run_in_process(*TINY, "max_iters=2", f"hydra.run.dir={RUN}", cwd=ws)
     assert done.returncode == 0, done.stderr
     good = (ws / RUN / rundir.CKPT).read_bytes()
     (ws / "truncated.ckpt").write_bytes(good[: len(good) // 2])

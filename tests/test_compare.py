@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from helpers import TINY, job_dirs, run_dirs, run_module, sweep_dir, trainer_env
+from helpers import TINY, call_main, job_dirs, run_dirs, run_in_process, run_module, sweep_dir, trainer_env
 
+import trainer.compare
 from trainer import rundir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def compare(*args: str, cwd: Path):
+    """`python -m trainer.compare args...`, in this process."""
+    return call_main(trainer.compare.main, *args, cwd=cwd)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, cache_dir):
-    """A 3-point learning-rate sweep, and one single run elsewhere that also differs in max_iters."""
+    """A 3-point learning-rate sweep (through the CLI, in a process of its own), and one single run
+    elsewhere that also differs in max_iters."""
     root = tmp_path_factory.mktemp("compare")
     env = trainer_env(cache_dir)
     proc = run_module("trainer", "-m", "learning_rate=3e-3,1e-3,1e-4", *TINY, cwd=root, env=env)
     assert proc.returncode == 0, proc.stderr
-    proc = run_module("trainer", *TINY, "learning_rate=2e-3", "max_iters=10", cwd=root, env=env)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRAINER_CACHE_DIR", str(cache_dir))
+        proc = run_in_process(*TINY, "learning_rate=2e-3", "max_iters=10", cwd=root)
     assert proc.returncode == 0, proc.stderr
     (single,) = run_dirs(root)
     return root, env, sweep_dir(root), single
@@ -31,7 +41,7 @@ def best_of(run_dir):
 
 def test_table_is_sorted_by_best_valid_loss_with_the_keys_that_differ_as_columns(runs):
     root, env, sweep, _ = runs
-    proc = run_module("trainer.compare", str(sweep), cwd=root, env=env)
+    proc = compare(str(sweep), cwd=root)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     header = lines[0].split()
@@ -48,7 +58,7 @@ def test_table_is_sorted_by_best_valid_loss_with_the_keys_that_differ_as_columns
 
 def test_a_png_of_the_loss_curves_lands_in_the_sweep_dir(runs):
     root, env, sweep, _ = runs
-    proc = run_module("trainer.compare", str(sweep), cwd=root, env=env)
+    proc = compare(str(sweep), cwd=root)
     assert proc.returncode == 0, proc.stderr
     png = sweep / "compare.png"
     assert f"Loss curves: {png.resolve()}" in proc.stdout
@@ -60,7 +70,7 @@ def test_any_mix_of_run_dirs_compares_with_the_png_where_asked(runs, tmp_path):
     root, env, sweep, single = runs
     out = tmp_path / "plots" / "lr.png"
     job0 = job_dirs(sweep)[0]
-    proc = run_module("trainer.compare", str(job0), str(single), "--out", str(out), cwd=root, env=env)
+    proc = compare(str(job0), str(single), "--out", str(out), cwd=root)
     assert proc.returncode == 0, proc.stderr
     header = proc.stdout.splitlines()[0].split()
     assert header[1:3] == ["learning_rate", "max_iters"]
@@ -72,7 +82,7 @@ def test_any_mix_of_run_dirs_compares_with_the_png_where_asked(runs, tmp_path):
 
 def test_no_plot_prints_the_table_only(runs, tmp_path):
     root, env, sweep, single = runs
-    proc = run_module("trainer.compare", str(single), "--no-plot", cwd=tmp_path, env=env)
+    proc = compare(str(single), "--no-plot", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Loss curves" not in proc.stdout and not (single / "compare.png").exists()
     assert proc.stdout.splitlines()[2].split()[0] == single.name
@@ -82,8 +92,8 @@ def test_no_plot_prints_the_table_only(runs, tmp_path):
     (lambda p: p / "nope", "no such directory"),
     (lambda p: p, "no runs in it (a run dir has .hydra/config.yaml)"),
 ])
-def test_a_path_without_runs_is_one_line_on_stderr(cli, tmp_path, make, message):
+def test_a_path_without_runs_is_one_line_on_stderr(tmp_path, make, message):
     path = make(tmp_path)
-    proc = cli(str(path), module="trainer.compare")
+    proc = compare(str(path), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr == f"error: {path}: {message}\n"

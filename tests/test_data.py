@@ -77,11 +77,11 @@ def test_pr_titles_csv_from_a_local_git_clone(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "github_pr_titles.csv").exists(), reason="../shared/data not present")
-def test_trains_on_the_real_pr_titles_corpus(cli, tmp_path):
+def test_trains_on_the_real_pr_titles_corpus(trainer_here, tmp_path):
     csv = SHARED_DATA / "github_pr_titles.csv"
-    r = cli(*TINY, "data=github_pr_titles", f"data_path={csv}")
+    r = trainer_here(*TINY, "data=github_pr_titles", f"data_path={csv}")
     assert r.returncode == 0, r.stderr
     rows = metrics(run_dirs(tmp_path)[0])
     assert rows[-1]["valid_loss"] < rows[0]["valid_loss"]
-    r = cli(*TINY, "data=text", f"data_path={csv}", "max_iters=2")  # the book's way: the raw file
+    r = trainer_here(*TINY, "data=text", f"data_path={csv}", "max_iters=2")  # the book's way: the raw file
     assert r.returncode == 0, r.stderr

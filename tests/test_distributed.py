@@ -159,8 +159,8 @@ def test_two_ranks_of_batch_1_train_like_one_rank_of_batch_2(two_ranks, batch_of
     assert_same_training(only_run(cwd), batch_of_2)
 
 
-def test_two_accumulation_steps_of_batch_1_train_like_batch_2(cli, tmp_path, batch_of_2):
-    proc = cli(*SAME, "batch_size=1", "gradient_accumulation_steps=2")
+def test_two_accumulation_steps_of_batch_1_train_like_batch_2(trainer_here, tmp_path, batch_of_2):
+    proc = trainer_here(*SAME, "batch_size=1", "gradient_accumulation_steps=2")
     assert proc.returncode == 0, proc.stderr
     run_dir = only_run(tmp_path)
     assert torch.load(run_dir / rundir.CKPT, weights_only=True)["h_params"]["effective_batch_size"] == 2
@@ -168,14 +168,14 @@ def test_two_accumulation_steps_of_batch_1_train_like_batch_2(cli, tmp_path, bat
     assert_same_training(run_dir, batch_of_2)
 
 
-def test_grad_clip_caps_every_update(cli, tmp_path):
+def test_grad_clip_caps_every_update(trainer_here, tmp_path):
     # SGD at learning rate 1 swings the loss by whole nats (gradient norms are about 1 here);
     # clipped to a norm of 1e-4, 20 updates move it by little more than 20 * 1e-4
     sgd = [*TINY, "optimizer=sgd", "learning_rate=1.0", "dropout=0"]
     moved = {}
     for clip in ("0", "1e-4"):
         (tmp_path / clip).mkdir()
-        proc = cli(*sgd, f"grad_clip={clip}", cwd=tmp_path / clip)
+        proc = trainer_here(*sgd, f"grad_clip={clip}", cwd=tmp_path / clip)
         assert proc.returncode == 0, proc.stderr
         rows = metrics(only_run(tmp_path / clip))
         moved[clip] = rows[0]["train_loss"] - rows[-1]["train_loss"]
@@ -183,27 +183,29 @@ def test_grad_clip_caps_every_update(cli, tmp_path):
     assert abs(moved["1e-4"]) < 0.01
 
 
-def test_resuming_a_two_rank_run_in_one_process_is_a_one_line_error(two_ranks, cli, tmp_path):
+def test_resuming_a_two_rank_run_in_one_process_is_a_one_line_error(two_ranks, trainer_here, tmp_path):
     cwd, _ = two_ranks
     run_dir = shutil.copytree(only_run(cwd), tmp_path / "two-rank-run")  # the shared run stays untouched
     before = (run_dir / rundir.METRICS).read_text()
-    proc = cli(f"resume={run_dir}", "max_iters=30")
+    proc = trainer_here(f"resume={run_dir}", "max_iters=30")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "world_size=2" in proc.stderr and "world_size=1" in proc.stderr and "resume=" in proc.stderr
     assert (run_dir / rundir.METRICS).read_text() == before
 
 
-def test_gradient_accumulation_steps_must_be_positive(cli, tmp_path):
-    proc = cli(*TINY, "gradient_accumulation_steps=0")
+def test_gradient_accumulation_steps_must_be_positive(trainer_here, tmp_path):
+    proc = trainer_here(*TINY, "gradient_accumulation_steps=0")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: gradient_accumulation_steps=0: must be a positive integer"
     assert not run_dirs(tmp_path)
 
 
-def test_a_sweep_under_torchrun_is_refused_in_one_line(cli, tmp_path):
+def test_a_sweep_under_torchrun_is_refused_in_one_line(trainer_here, tmp_path, monkeypatch):
     # what torchrun's environment says to rank 0; refused before Hydra starts, so no rendezvous is needed
-    proc = cli("-m", *TINY, "learning_rate=1e-3,2e-3", extra_env={"RANK": "0", "WORLD_SIZE": "2"})
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    proc = trainer_here("-m", *TINY, "learning_rate=1e-3,2e-3")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --multirun under torchrun") and proc.stderr.count("\n") == 1
     assert not (tmp_path / "outputs").exists()

@@ -10,8 +10,8 @@ from helpers import TINY, metrics
 from trainer import rundir
 
 
-def test_nan_stops_with_step_and_learning_rate_and_keeps_the_last_good_checkpoint(cli, tmp_path):
-    r = cli(*TINY, "learning_rate=1e6", "hydra.run.dir=run")
+def test_nan_stops_with_step_and_learning_rate_and_keeps_the_last_good_checkpoint(trainer_here, tmp_path):
+    r = trainer_here(*TINY, "learning_rate=1e6", "hydra.run.dir=run")
     assert r.returncode == 3, r.stderr  # not a bad input (2): a run that went wrong
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -25,6 +25,6 @@ def test_nan_stops_with_step_and_learning_rate_and_keeps_the_last_good_checkpoin
     assert all(math.isfinite(row["valid_loss"]) for row in metrics(tmp_path / "run"))
 
     # the kept checkpoint is good for going on with a saner learning rate
-    again = cli("resume=run", "learning_rate=1e-3")
+    again = trainer_here("resume=run", "learning_rate=1e-3")
     assert again.returncode == 0, again.stderr
     assert metrics(tmp_path / "run")[-1]["step"] == 20

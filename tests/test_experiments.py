@@ -75,8 +75,8 @@ def test_the_slurm_preset_reaches_sbatch_with_partition_gpus_and_time(tmp_path, 
         assert line in script
 
 
-def test_experiment_smoke_trains_from_the_command_line(cli, tmp_path):
-    proc = cli("experiment=smoke", "num_threads=1")
+def test_experiment_smoke_trains_from_the_command_line(trainer_here, tmp_path):
+    proc = trainer_here("experiment=smoke", "num_threads=1")
     assert proc.returncode == 0, proc.stderr
     (run,) = run_dirs(tmp_path)
     assert [r["step"] for r in metrics(run)] == [0, 10, 20]

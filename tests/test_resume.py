@@ -43,19 +43,19 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit(cli, t
     assert json.loads((tmp_path / "parts" / rundir.SUMMARY).read_text())["steps"] == 20
 
 
-def test_resuming_again_keeps_what_the_last_resume_changed(cli, tmp_path):
-    ok(cli(*TINY, "max_iters=4", "eval_interval=2", "hydra.run.dir=run"))
-    ok(cli("resume=run", "max_iters=6", "learning_rate=0.0005"))
-    ok(cli("resume=run", "max_iters=8"))  # says nothing of learning_rate: the last one used stays
+def test_resuming_again_keeps_what_the_last_resume_changed(trainer_here, tmp_path):
+    ok(trainer_here(*TINY, "max_iters=4", "eval_interval=2", "hydra.run.dir=run"))
+    ok(trainer_here("resume=run", "max_iters=6", "learning_rate=0.0005"))
+    ok(trainer_here("resume=run", "max_iters=8"))  # says nothing of learning_rate: the last one used stays
     lrs = {r["step"]: r["learning_rate"] for r in metrics(tmp_path / "run")}
     assert lrs == {0: 1e-3, 2: 1e-3, 4: 1e-3, 6: 5e-4, 8: 5e-4}
 
 
-def test_resume_auto_continues_the_newest_run_with_the_same_config_to_the_new_max_iters(cli, tmp_path):
-    ok(cli(*TINY, "max_iters=10", "hydra.run.dir=outputs/day/a"))
-    ok(cli(*TINY, "max_iters=10", "learning_rate=0.002", "hydra.run.dir=outputs/day/b"))
+def test_resume_auto_continues_the_newest_run_with_the_same_config_to_the_new_max_iters(trainer_here, tmp_path):
+    ok(trainer_here(*TINY, "max_iters=10", "hydra.run.dir=outputs/day/a"))
+    ok(trainer_here(*TINY, "max_iters=10", "learning_rate=0.002", "hydra.run.dir=outputs/day/b"))
     before = (tmp_path / "outputs/day/b/metrics.jsonl").read_text()
-    r = ok(cli(*TINY, "max_iters=15", "resume=auto"))  # max_iters says how far, not which run
+    r = ok(trainer_here(*TINY, "max_iters=15", "resume=auto"))  # max_iters says how far, not which run
     assert "Resuming from outputs/day/a/model.ckpt at step 10" in r.stdout
     assert metrics(tmp_path / "outputs/day/a")[-1]["step"] == 15
     assert (tmp_path / "outputs/day/b/metrics.jsonl").read_text() == before  # the other config's run

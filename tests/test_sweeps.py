@@ -24,7 +24,7 @@ def summary_rows(sweep_path):
 
 
 def test_learning_rate_sweep_gives_one_run_dir_per_job_and_a_summary(cli, tmp_path):
-    proc = cli("-m", "learning_rate=1e-3,3e-4", *TINY)
+    proc = cli("-m", "learning_rate=1e-3,3e-4", *TINY)  # in a process of its own, as a user runs it
     assert proc.returncode == 0, proc.stderr
     root = sweep_dir(tmp_path)
     jobs = job_dirs(root)
@@ -51,9 +51,9 @@ def test_learning_rate_sweep_gives_one_run_dir_per_job_and_a_summary(cli, tmp_pa
     assert "Best: job" in proc.stdout  # the table is printed when the sweep ends
 
 
-def test_a_failing_job_is_listed_as_failed_and_the_others_still_run(cli, tmp_path):
+def test_a_failing_job_is_listed_as_failed_and_the_others_still_run(trainer_here, tmp_path):
     # dropout=1.5 is out of range: that job fails its checks before training; the other trains.
-    proc = cli("-m", "dropout=1.5,0.0", *TINY)
+    proc = trainer_here("-m", "dropout=1.5,0.0", *TINY)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: dropout=1.5: must be in [0, 1)"
     root = sweep_dir(tmp_path)
@@ -148,8 +148,8 @@ def test_optuna_searches_learning_rate_on_a_log_scale_and_minimises_best_valid_l
     assert "alembic" not in proc.stdout  # optuna's imports keep quiet
 
 
-def test_optuna_database_storage_is_refused_in_one_line(cli, tmp_path):
-    proc = cli("hparams_search=lr_optuna", "hydra.sweeper.storage=sqlite:///study.db", *TINY)
+def test_optuna_database_storage_is_refused_in_one_line(trainer_here, tmp_path):
+    proc = trainer_here("hparams_search=lr_optuna", "hydra.sweeper.storage=sqlite:///study.db", *TINY)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: hydra.sweeper.storage=sqlite:///study.db: optuna 2.10")
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 import yaml
-from helpers import TINY, metrics, run_dirs
+from helpers import TINY, call_main, metrics, run_dirs
 
+import trainer.generate
 from trainer import rundir
 from trainer.model import GPT
 
@@ -37,8 +39,8 @@ def test_a_run_writes_its_own_dir_with_checkpoint_config_metrics_and_log(cli, tm
     assert not list(tmp_path.glob("*.ckpt")) and sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
 
 
-def test_loss_falls_clearly_on_the_synthetic_corpus_within_100_steps(cli, tmp_path):
-    r = cli("max_iters=100", "eval_interval=50", "eval_iters=5", "device=cpu")  # the book's tiny model
+def test_loss_falls_clearly_on_the_synthetic_corpus_within_100_steps(trainer_here, tmp_path):
+    r = trainer_here("max_iters=100", "eval_interval=50", "eval_iters=5", "device=cpu")  # the book's tiny model
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path)
     rows = metrics(run)
@@ -62,19 +64,24 @@ def test_cpu_runs_are_deterministic_for_a_fixed_seed(cli, tmp_path):
     assert [(r["train_loss"], r["valid_loss"]) for r in a] == [(r["train_loss"], r["valid_loss"]) for r in b]
 
 
-def test_generation_from_a_trained_checkpoint(cli, tmp_path):
-    assert cli(*TINY, "max_iters=30").returncode == 0
+def generate(*args: str, cwd: Path):
+    """`python -m trainer.generate args...`, in this process."""
+    return call_main(trainer.generate.main, *args, cwd=cwd)
+
+
+def test_generation_from_a_trained_checkpoint(trainer_here, tmp_path):
+    assert trainer_here(*TINY, "max_iters=30").returncode == 0
     run = run_dirs(tmp_path)[0]
-    r = cli(str(run), "--prompt", "fix: ", "--max_new_tokens", "20", "--seed", "1", module="trainer.generate")
+    r = generate(str(run), "--prompt", "fix: ", "--max_new_tokens", "20", "--seed", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("fix: ") and len(r.stdout) > len("fix: ") + 10
-    again = cli(str(run / rundir.CKPT), "--prompt", "fix: ", "--max_new_tokens", "20", "--seed", "1",
-                module="trainer.generate")
+    again = generate(str(run / rundir.CKPT), "--prompt", "fix: ", "--max_new_tokens", "20", "--seed", "1",
+                     cwd=tmp_path)
     assert again.stdout == r.stdout  # a seed makes sampling repeatable
-    r = cli(str(run), "--max_new_tokens", "20", "--temperature", "0", module="trainer.generate")
+    r = generate(str(run), "--max_new_tokens", "20", "--temperature", "0", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip()
 
 
-def test_generation_errors_are_one_line(cli, tmp_path):
-    r = cli(str(tmp_path / "nowhere"), module="trainer.generate")
+def test_generation_errors_are_one_line(tmp_path):
+    r = generate(str(tmp_path / "nowhere"), cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nowhere" in r.stderr
