@@ -77,7 +77,7 @@ def test_under_torchrun_only_rank_0_gets_a_run_dir(monkeypatch):
 def fake_run(path, overrides: list[str], config: dict, trained_with: dict) -> None:
     """A run dir as a finished run leaves it: .hydra's start config and overrides, and a checkpoint
     whose config says what it was last trained with."""
-    (path / ".hydra").mkdir(parents=True)
+    (path / rundir.HYDRA).mkdir(parents=True)
     (path / rundir.OVERRIDES).write_text(yaml.safe_dump(overrides))
     (path / rundir.CONFIG).write_text(yaml.safe_dump(config))
     checkpoint.save({"model_state_dict": {}, "h_params": {}, "optimizer_state_dict": {}, "step": 10,

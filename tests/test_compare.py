@@ -60,7 +60,7 @@ def test_a_png_of_the_loss_curves_lands_in_the_sweep_dir(runs):
     root, env, sweep, _ = runs
     proc = compare(str(sweep), cwd=root)
     assert proc.returncode == 0, proc.stderr
-    png = sweep / "compare.png"
+    png = sweep / rundir.PLOT
     assert f"Loss curves: {png.resolve()}" in proc.stdout
     data = png.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 20_000  # two panels, three curves: not a blank image
@@ -84,7 +84,7 @@ def test_no_plot_prints_the_table_only(runs, tmp_path):
     root, env, sweep, single = runs
     proc = compare(str(single), "--no-plot", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "Loss curves" not in proc.stdout and not (single / "compare.png").exists()
+    assert "Loss curves" not in proc.stdout and not (single / rundir.PLOT).exists()
     assert proc.stdout.splitlines()[2].split()[0] == single.name
 
 

@@ -123,7 +123,7 @@ def test_two_ranks_leave_one_run_dir_with_one_checkpoint_and_one_metrics_file(tw
     assert sorted(p.name for p in cwd.rglob(rundir.METRICS)) == [rundir.METRICS]
     assert [r["step"] for r in metrics(run_dir)] == [0, 10, 20]  # each eval written once, by rank 0
     assert proc.stdout.count("Step: 20,") == 1
-    assert (run_dir / "train.log").read_text().count("Training on") == 1
+    assert (run_dir / rundir.LOG).read_text().count("Training on") == 1
     assert (run_dir / rundir.SUMMARY).exists()
 
 
@@ -143,7 +143,7 @@ def test_h_params_record_world_size_and_effective_batch(two_ranks):
 def test_wandb_runs_on_rank_0_only(two_ranks):
     cwd, _ = two_ranks
     runs = list(cwd.rglob("offline-run-*"))
-    assert len(runs) == 1 and runs[0].parent == only_run(cwd) / "wandb"
+    assert len(runs) == 1 and runs[0].parent == only_run(cwd) / rundir.WANDB
 
 
 def test_cosine_learning_rate_in_a_real_runs_metrics(two_ranks):

@@ -10,6 +10,7 @@ from helpers import REPO, SHARED_DATA, metrics, run_dirs
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from trainer import rundir
 from trainer.config import register_configs
 
 
@@ -80,7 +81,7 @@ def test_experiment_smoke_trains_from_the_command_line(trainer_here, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (run,) = run_dirs(tmp_path)
     assert [r["step"] for r in metrics(run)] == [0, 10, 20]
-    assert OmegaConf.load(run / ".hydra" / "config.yaml").d_model == 32
+    assert OmegaConf.load(run / rundir.CONFIG).d_model == 32
 
 
 @pytest.mark.slow
@@ -91,4 +92,4 @@ def test_small_pr_titles_trains_on_the_real_csv(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (run,) = run_dirs(tmp_path)
     assert [r["step"] for r in metrics(run)] == [0, 2]
-    assert OmegaConf.load(run / ".hydra" / "config.yaml").d_model == 256
+    assert OmegaConf.load(run / rundir.CONFIG).d_model == 256

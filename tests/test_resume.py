@@ -25,7 +25,7 @@ def ok(result):
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit(cli, tmp_path):
     ok(cli(*ARGS, "hydra.run.dir=straight"))  # 20 steps in one go
     ok(cli(*ARGS, "max_iters=10", "hydra.run.dir=parts"))  # stop at 10 ...
-    overrides = (tmp_path / "parts" / ".hydra" / "overrides.yaml").read_text()
+    overrides = (tmp_path / "parts" / rundir.OVERRIDES).read_text()
     resumed = ok(cli("resume=parts", "max_iters=15"))  # ... resume from the run dir to 15 ...
     assert "Resuming from" in resumed.stdout and "at step 10" in resumed.stdout
     ok(cli(f"resume={tmp_path / 'parts' / rundir.CKPT}", "max_iters=20"))  # ... and from the file to 20
@@ -39,7 +39,7 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit(cli, t
     assert all(torch.equal(state["model_state_dict"][k], v) for k, v in want["model_state_dict"].items())
     # continued in place: no new run dir, the original .hydra untouched
     assert run_dirs(tmp_path) == []
-    assert (tmp_path / "parts" / ".hydra" / "overrides.yaml").read_text() == overrides
+    assert (tmp_path / "parts" / rundir.OVERRIDES).read_text() == overrides
     assert json.loads((tmp_path / "parts" / rundir.SUMMARY).read_text())["steps"] == 20
 
 

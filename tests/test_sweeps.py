@@ -31,7 +31,7 @@ def test_learning_rate_sweep_gives_one_run_dir_per_job_and_a_summary(cli, tmp_pa
     assert [j.name for j in jobs] == ["0", "1"]
     for job, lr in zip(jobs, (1e-3, 3e-4), strict=True):
         assert (job / rundir.CKPT).is_file()
-        assert OmegaConf.load(job / ".hydra" / "config.yaml").learning_rate == lr
+        assert OmegaConf.load(job / rundir.CONFIG).learning_rate == lr
         assert [r["step"] for r in metrics(job)] == [0, 10, 20]
         assert all(r["learning_rate"] == lr for r in metrics(job))
 
@@ -138,7 +138,7 @@ def test_optuna_searches_learning_rate_on_a_log_scale_and_minimises_best_valid_l
     root = sweep_dir(tmp_path)
     jobs = job_dirs(root)
     assert len(jobs) == 3
-    lrs = [OmegaConf.load(j / ".hydra" / "config.yaml").learning_rate for j in jobs]
+    lrs = [OmegaConf.load(j / rundir.CONFIG).learning_rate for j in jobs]
     assert len(set(lrs)) == 3 and all(1e-5 <= lr <= 1e-2 for lr in lrs)
     best = [json.loads((j / rundir.SUMMARY).read_text())["best_valid_loss"] for j in jobs]
     result = yaml.safe_load((root / "optimization_results.yaml").read_text())

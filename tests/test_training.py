@@ -23,9 +23,9 @@ def test_a_run_writes_its_own_dir_with_checkpoint_config_metrics_and_log(cli, tm
     assert r.returncode == 0, r.stderr
     (run,) = run_dirs(tmp_path)
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", run.parent.name) and re.fullmatch(r"\d{2}-\d{2}-\d{2}", run.name)
-    assert (run / ".hydra" / "config.yaml").exists()
-    assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())[-1] == "d_model=128"
-    assert (run / "train.log").exists()
+    assert (run / rundir.CONFIG).exists()
+    assert yaml.safe_load((run / rundir.OVERRIDES).read_text())[-1] == "d_model=128"
+    assert (run / rundir.LOG).exists()
     ckpt = torch.load(run / rundir.CKPT, weights_only=True)
     assert {"model_state_dict", "h_params"} <= ckpt.keys()
     assert ckpt["h_params"]["d_model"] == 128

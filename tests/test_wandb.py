@@ -49,7 +49,7 @@ def test_each_job_dir_holds_exactly_one_offline_run(wandb_sweep):
     for job in jobs:
         (run_dir,) = offline_runs(job)
         assert len(list(run_dir.glob("run-*.wandb"))) == 1
-    assert not (root / "wandb").exists()  # nothing lands in the launch dir
+    assert not (root / rundir.WANDB).exists()  # nothing lands in the launch dir
 
 
 def test_the_sweep_is_one_group_and_each_run_is_named_by_its_overrides(wandb_sweep):
@@ -98,7 +98,7 @@ def test_a_failed_job_closes_its_run_as_failed_and_the_next_run_starts_clean(wan
 
 def test_the_summary_lists_the_diverged_job_as_failed(wandb_sweep):
     _, _, sweep, _ = wandb_sweep
-    with open(sweep / "summary.csv") as f:
+    with open(sweep / rundir.SWEEP_CSV) as f:
         rows = list(csv.DictReader(f))
     assert [(r["overrides"], r["status"]) for r in rows] == [
         (NAMES[0], "failed"), (NAMES[1], "ok"), (NAMES[2], "ok")]

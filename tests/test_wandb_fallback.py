@@ -21,12 +21,12 @@ def test_wandb_online_without_login_trains_offline_and_resume_keeps_the_run_id(c
     assert [row["step"] for row in metrics(tmp_path / "run")] == [0, 10]
     run_id = torch.load(tmp_path / "run" / rundir.CKPT, weights_only=True)["wandb_run_id"]
     assert run_id
-    assert [p.name.endswith(run_id) for p in (tmp_path / "run" / "wandb").glob("offline-run-*")] == [True]
+    assert [p.name.endswith(run_id) for p in (tmp_path / "run" / rundir.WANDB).glob("offline-run-*")] == [True]
 
     r = cli("resume=run", "max_iters=20", extra_env=no_login, timeout=120)
     assert r.returncode == 0, r.stderr
     assert torch.load(tmp_path / "run" / rundir.CKPT, weights_only=True)["wandb_run_id"] == run_id
-    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    runs = sorted((tmp_path / "run" / rundir.WANDB).glob("offline-run-*"))
     assert len(runs) == 2 and all(p.name.endswith(f"-{run_id}") for p in runs)  # the same run, continued
 
 

@@ -1,18 +1,24 @@
-"""Evaluation: the mean loss over fixed windows of each split, in eval mode, without gradients.
+"""Evaluation: the mean loss over fixed windows of each split, in eval mode, without gradients,
+and the row each eval writes to metrics.jsonl and W&B.
 
 The windows are drawn once per run (trainer.run), so every eval of a run, and every run with
-the same seed, is scored on the same text. A new eval metric goes here: `evaluate` returns one
-number per name, and the loop logs every one of them (trainer.train.eval_row).
+the same seed, is scored on the same text. A new eval metric goes here: compute it in
+`evaluate` (or from the run in `eval_row`) and put it in `eval_row`'s row; the loop hands the
+row to every tracker (the console line, metrics.jsonl, W&B).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from trainer import distributed
 from trainer.device import autocast
+
+if TYPE_CHECKING:
+    from trainer.run import Run
+    from trainer.speed import Speedometer
 
 EvalSets = dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (inputs, targets), each (N, T)
 
@@ -43,3 +49,14 @@ def evaluate(model: torch.nn.Module, eval_sets: EvalSets, device: torch.device, 
         out[split] = (total[0] / total[1]).item()
     model.train()
     return out
+
+
+def eval_row(run: Run, lr: float, speed: Speedometer) -> dict[str, Any]:
+    """One eval's row of metrics.jsonl (and W&B): the losses, the learning rate, the training speed."""
+    rate = speed.close_window()
+    row = {"step": run.step, "train_loss": run.last["train"], "valid_loss": run.last["valid"],
+           "learning_rate": lr, "tokens_per_s": round(rate, 1), "elapsed_s": round(speed.elapsed(), 3)}
+    mfu = speed.mfu(rate)
+    if mfu is not None:
+        row["mfu"] = round(mfu, 4)
+    return row

@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from trainer.device import peak_flops
 from trainer.model import GPT
+
+if TYPE_CHECKING:
+    from trainer.run import Run
 
 
 def train_flops_per_token(model: GPT, h: dict[str, Any]) -> float:
@@ -28,7 +31,7 @@ class Speedometer:
     """Times the training steps (not the evals or checkpoints between them) in windows that end at
     each eval, and the run's wall time since it started (plus what earlier runs it resumes took)."""
 
-    def __init__(self, run) -> None:
+    def __init__(self, run: Run) -> None:
         self.tokens_per_step = run.tokens_per_step
         self.flops_per_token = train_flops_per_token(run.model, run.h)
         self.peak, self.ranks = peak_flops(run.device), run.dist.world_size

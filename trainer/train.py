@@ -5,8 +5,8 @@ update), repeated until max_iters, with an eval and a checkpoint when they are d
     fit_and_report()  fit, with the console, metrics.jsonl and W&B opened and always closed
     fit()             the loop itself, top to bottom as in the book
     train_step()  the four steps on one global batch
-Everything else has a module of its own: building the run (trainer.run), evaluating
-(trainer.evaluate), saving (trainer.checkpoint), resuming (trainer.resume), reporting
+Everything else has a module of its own: building the run (trainer.run), evaluating and the
+eval's row of metrics (trainer.evaluate), saving (trainer.checkpoint), resuming (trainer.resume), reporting
 (trainer.tracking) and timing (trainer.speed).
 """
 
@@ -25,7 +25,7 @@ from trainer.config import plain, validate
 from trainer.data import to_device
 from trainer.device import autocast, resolve_device
 from trainer.errors import Diverged
-from trainer.evaluate import evaluate
+from trainer.evaluate import eval_row, evaluate
 from trainer.optim import learning_rate_at
 from trainer.resume import ResumePoint
 from trainer.run import Run, RunInfo, build_run, describe
@@ -114,17 +114,6 @@ def train_step(run: Run, lr: float) -> float:
     run.optimizer.step()  # parameter update
     run.optimizer.zero_grad(set_to_none=True)
     return distributed.mean(step_loss, run.dist).item()  # the global batch's: a NaN stops every rank
-
-
-def eval_row(run: Run, lr: float, speed: Speedometer) -> dict[str, Any]:
-    """One eval's row of metrics.jsonl (and W&B): the losses, the rate, and the training speed."""
-    rate = speed.close_window()
-    row = {"step": run.step, "train_loss": run.last["train"], "valid_loss": run.last["valid"],
-           "learning_rate": lr, "tokens_per_s": round(rate, 1), "elapsed_s": round(speed.elapsed(), 3)}
-    mfu = speed.mfu(rate)
-    if mfu is not None:
-        row["mfu"] = round(mfu, 4)
-    return row
 
 
 def check_finite(run: Run, lr: float, losses: dict[str, float]) -> None:
