@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -35,25 +36,58 @@ def runs(tmp_path_factory, cache_dir):
     return root, env, sweep_dir(root), single
 
 
-def best_of(run_dir):
-    return json.loads((run_dir / rundir.SUMMARY).read_text())["best_valid_loss"]
+def summary_of(run_dir):
+    return json.loads((run_dir / rundir.SUMMARY).read_text())
 
 
-def test_table_is_sorted_by_best_valid_loss_with_the_keys_that_differ_as_columns(runs):
+def test_table_is_ranked_by_final_valid_loss_with_its_error_and_the_keys_that_differ(runs):
     root, env, sweep, _ = runs
     proc = compare(str(sweep), cwd=root)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     header = lines[0].split()
-    assert header[:2] == ["run", "learning_rate"] and "d_model" not in header  # only what differs
+    assert header[:5] == ["run", "learning_rate", "final", "valid", "±"] and "d_model" not in header
     jobs = job_dirs(sweep)
-    expected = sorted(jobs, key=best_of)
+    expected = sorted(jobs, key=lambda j: summary_of(j)["final_valid_loss"])  # the whole valid split's
     rows = [ln.split() for ln in lines[2:5]]
     assert [r[0] for r in rows] == [j.name for j in expected]
-    assert [float(r[2]) for r in rows] == [pytest.approx(best_of(j), abs=1e-4) for j in expected]
-    assert all(r[-1] == "ok" for r in rows)
+    assert [float(r[2]) for r in rows] == [pytest.approx(summary_of(j)["final_valid_loss"], abs=1e-4) for j in expected]
+    assert [float(r[3]) for r in rows] == [pytest.approx(summary_of(j)["final_valid_loss_se"], abs=1e-4) for j in expected]
+    assert rows[0][4] == "best" and all(r[-1] == "ok" for r in rows)
     lr_of = {"0": "0.003", "1": "0.001", "2": "0.0001"}
-    assert f"Best: {expected[0].name} (learning_rate={lr_of[expected[0].name]})" in proc.stdout
+    assert f"Best: {expected[0].name} (learning_rate={lr_of[expected[0].name]}), final valid loss" in proc.stdout
+
+
+def test_runs_within_two_standard_errors_of_the_best_are_marked(tmp_path):
+    """Two runs whose final losses differ by less than 2 combined standard errors are not told apart."""
+    from trainer.compare import Run, table
+
+    def run(name, final, se):
+        return Run(tmp_path / name, "ok", summary={"final_valid_loss": final, "final_valid_loss_se": se,
+                                                   "best_valid_loss": final}, name=name)
+
+    text = table([run("a", 3.90, 0.02), run("b", 3.93, 0.02), run("c", 4.10, 0.02)], [])
+    marks = {ln.split()[0]: "best" if " best " in ln else "≈" if "≈" in ln else "" for ln in text.splitlines()[2:]}
+    assert marks == {"a": "best", "b": "≈", "c": ""}  # 0.03 < 2 * 0.028; 0.20 is not
+
+
+def test_seed_replicates_are_shown_as_points_with_mean_and_std(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(cache_dir))
+    r = run_in_process("-m", "learning_rate=3e-3,1e-4", "TORCH_SEED=1,2", *TINY, "max_iters=10", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    sweep = sweep_dir(tmp_path)
+    proc = compare(str(sweep), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:2] == ["point", "n"]
+    finals = {j.name: summary_of(j)["final_valid_loss"] for j in job_dirs(sweep)}  # jobs 0,1: lr 3e-3
+    point = lines[2].split()
+    assert point[:2] == ["learning_rate=0.003", "2"]
+    assert float(point[2]) == pytest.approx(statistics.fmean([finals["0"], finals["1"]]), abs=1e-4)
+    assert float(point[4]) == pytest.approx(statistics.stdev([finals["0"], finals["1"]]), abs=1e-4)
+    assert lines[3].split()[:2] == ["learning_rate=0.0001", "2"]
+    assert "Best: learning_rate=0.003 (n=2), final valid loss" in proc.stdout
+    assert (sweep / rundir.PLOT).read_bytes()[:8] == PNG_MAGIC  # the mean curves with their bands
 
 
 def test_a_png_of_the_loss_curves_lands_in_the_sweep_dir(runs):

@@ -18,8 +18,8 @@ AUTO_THREADS = [a for a in TINY if not a.startswith("num_threads=")]  # the laun
 CORES = available_cores()
 
 
-def summary_rows(sweep_path):
-    with open(sweep_path / rundir.SWEEP_CSV) as f:
+def summary_rows(sweep_path, name=rundir.SWEEP_JOBS_CSV):
+    with open(sweep_path / name) as f:
         return list(csv.DictReader(f))
 
 
@@ -41,14 +41,19 @@ def test_learning_rate_sweep_gives_one_run_dir_per_job_and_a_summary(cli, tmp_pa
     for row, job in zip(rows, jobs, strict=True):
         done = json.loads((job / rundir.SUMMARY).read_text())
         assert float(row["best_valid_loss"]) == pytest.approx(done["best_valid_loss"])
-        assert float(row["final_valid_loss"]) == pytest.approx(metrics(job)[-1]["valid_loss"])
+        # the whole valid split, scored once at the end
+        assert float(row["final_valid_loss"]) == pytest.approx(metrics(job)[-1]["valid_loss_full"])
+        assert float(row["final_valid_loss"]) == pytest.approx(done["final_valid_loss"])
         assert float(row["tokens_per_s"]) > 0 and float(row["wall_s"]) > 0
         assert row["run_dir"] == job.name
     md = (root / rundir.SWEEP_MD).read_text()
     assert "| 0 | `learning_rate=0.001` | ok |" in md and "| 1 | `learning_rate=0.0003` | ok |" in md
-    best = min(rows, key=lambda r: float(r["best_valid_loss"]))
-    assert f"Best: job {best['job']} (`{best['overrides']}`)" in md
-    assert "Best: job" in proc.stdout  # the table is printed when the sweep ends
+    best = min(rows, key=lambda r: float(r["final_valid_loss"]))
+    assert f"Best: `{best['overrides']}` (n=1), final valid loss {float(best['final_valid_loss']):.4f}" in md
+    assert "Best: `" in proc.stdout  # the table is printed when the sweep ends
+    points = summary_rows(root, rundir.SWEEP_CSV)  # no seed replicates: one point per job
+    assert [(p["point"], p["n"], p["jobs"]) for p in points] == [
+        (r["overrides"], "1", r["job"]) for r in sorted(rows, key=lambda r: float(r["final_valid_loss"]))]
 
 
 def test_a_failing_job_is_listed_as_failed_and_the_others_still_run(trainer_here, tmp_path):

@@ -25,6 +25,7 @@ from trainer.argv import Invocation, prepare
 from trainer.config import CONF_DIR, register_configs
 from trainer.distributed import env_rank
 from trainer.errors import UserError, one_line
+from trainer.replicates import point_of
 from trainer.run import RunInfo
 from trainer.sweep.threads import parallel_jobs
 from trainer.train import train
@@ -66,7 +67,8 @@ class Task:
 def run_info(hc: DictConfig) -> RunInfo:
     multirun = hc.mode == RunMode.MULTIRUN
     group = "_".join(Path(hc.sweep.dir).parts[-2:]) if multirun else ""
-    return RunInfo(group=group, name=hc.job.override_dirname, parallel_jobs=parallel_jobs(hc) if multirun else 1)
+    return RunInfo(group=group, name=hc.job.override_dirname, point=point_of(hc.job.override_dirname),
+                   parallel_jobs=parallel_jobs(hc) if multirun else 1)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -86,6 +86,7 @@ class TrainConfig:
     max_iters: int = 500
     eval_interval: int = 50
     eval_iters: int = 10  # each eval averages over this many effective batches of fixed windows
+    eval_seed: int = 1337  # draws those windows: the same for every run of a sweep, whatever its TORCH_SEED
     TORCH_SEED: int = 1337
     # device (conf/device/*)
     device: Device = Device.auto

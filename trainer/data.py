@@ -10,6 +10,7 @@ uses (vocabulary compaction), which shrinks the ~100k-wide output head to a few 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import os
@@ -99,10 +100,28 @@ class Corpus:
     vocab: Optional[torch.Tensor]  # (vocab_size,) cl100k id of each model id; None = identity
     max_token_value: int  # the book's: max(token id) + 1
     vocab_size: int  # the width of the model's embedding and output head
+    encoding: str = "cl100k_base"
 
     @property
     def n_tokens(self) -> int:
         return len(self.train) + len(self.valid)
+
+    @functools.cached_property
+    def token_bytes(self) -> torch.Tensor:
+        """(vocab_size,) the UTF-8 length of each model id's token: what bits per byte divides by."""
+        return token_byte_lengths(self.encoding, self.vocab, self.vocab_size)
+
+
+def token_byte_lengths(encoding: str, vocab: Optional[torch.Tensor], vocab_size: int) -> torch.Tensor:
+    """(vocab_size,) bytes per model id; 0 for an id the encoding does not have (never a target)."""
+    enc = get_encoding(encoding)
+    lengths = []
+    for token in (vocab.tolist() if vocab is not None else range(vocab_size)):
+        try:
+            lengths.append(len(enc.decode_single_token_bytes(token)))
+        except KeyError:
+            lengths.append(0)
+    return torch.tensor(lengths, dtype=torch.int64)
 
 
 def load_corpus(data_path: Optional[str], text_column: Optional[str], encoding: str,
@@ -129,7 +148,7 @@ def load_corpus(data_path: Optional[str], text_column: Optional[str], encoding: 
             f"context_length={context_length}: too long for the synthetic corpus"
         raise UserError(f"{culprit}: its {split} split has {shortest} tokens, a batch needs "
                         f"context_length+1={context_length + 1}")
-    return Corpus(train, valid, vocab_t, max_token_value, vocab_size)
+    return Corpus(train, valid, vocab_t, max_token_value, vocab_size, encoding)
 
 
 def windows(data: torch.Tensor, starts: torch.Tensor, context_length: int):
@@ -161,6 +180,15 @@ class BatchSampler:
         starts = torch.randint(len(self.data) - self.context_length, (n,), generator=self.generator)
         mine = starts.view(self.micro_steps, self.world_size, self.batch_size)[:, self.rank]  # (micro, B)
         return [windows(self.data, s, self.context_length) for s in mine]
+
+
+def all_windows(data: torch.Tensor, context_length: int, limit: Optional[int] = None):
+    """Every non-overlapping window of data, the whole split (or `limit` of them, evenly spaced)."""
+    n = (len(data) - 1) // context_length
+    starts = torch.arange(n) * context_length
+    if limit and n > limit:
+        starts = starts[torch.linspace(0, n - 1, limit).round().long()]
+    return windows(data, starts, context_length)
 
 
 def fixed_eval_windows(data: torch.Tensor, n: int, context_length: int, seed: int):

@@ -73,6 +73,14 @@ def gather(obj: Any, d: Dist) -> list[Any]:
     return out
 
 
+def total(values: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The sum of a tensor across ranks (eval sums and counts)."""
+    if d.enabled:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
 def mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
     """The mean of a tensor across ranks (eval losses)."""
     if d.enabled:

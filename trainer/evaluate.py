@@ -1,26 +1,79 @@
-"""Evaluation: the mean loss over fixed windows of each split, in eval mode, without gradients,
-and the row each eval writes to metrics.jsonl and W&B.
+"""Evaluation: loss, its standard error and bits per byte over windows of a split, in eval mode.
 
-The windows are drawn once per run (trainer.run), so every eval of a run, and every run with
-the same seed, is scored on the same text. A new eval metric goes here: compute it in
-`evaluate` (or from the run in `eval_row`) and put it in `eval_row`'s row; the loop hands the
-row to every tracker (the console line, metrics.jsonl, W&B).
+During training (trainer.train): every eval scores each split's *fixed* windows, drawn once
+from `eval_seed` (trainer.run), so every eval of every run of a sweep is scored on the same text
+whatever its TORCH_SEED; `eval_row` makes the row the trackers write. When the run ends,
+`final_eval` scores the *whole* valid split (every non-overlapping window) and a sample of the
+train split: that is the run's `final_valid_loss`. A new eval metric goes here: compute it in
+`score` (or from the run in `eval_row`) and put it in the row.
+
+After training: `python -m trainer.evaluate RUN_DIR [...]` (`main`, below) scores a run's
+checkpoint on the whole split of its own corpus or of another file, and writes eval.json.
+
+Bits per byte = summed nats / ln 2 / the UTF-8 bytes of the scored targets: unlike the loss per
+token, it compares runs across corpora, encodings and vocab_compaction.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
+import torch.nn.functional as F
 
-from trainer import distributed
+from trainer import distributed, rundir
+from trainer.data import all_windows, read_text, token_byte_lengths, tokenize
 from trainer.device import autocast
+from trainer.errors import UserError
 
 if TYPE_CHECKING:
     from trainer.run import Run
     from trainer.speed import Speedometer
 
-EvalSets = dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (inputs, targets), each (N, T)
+FINAL_TRAIN_WINDOWS = 256  # the train split's final score samples this many windows, evenly spaced
+
+
+@dataclass
+class EvalSet:
+    """Windows of one split to score: inputs and targets (N, T), and each window's target bytes (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    nbytes: torch.Tensor
+
+    @classmethod
+    def of(cls, xy: tuple[torch.Tensor, torch.Tensor], token_bytes: torch.Tensor) -> EvalSet:
+        x, y = xy
+        return cls(x, y, token_bytes[y].sum(dim=1))
+
+
+EvalSets = dict[str, EvalSet]  # split -> its windows
+
+
+@dataclass
+class Score:
+    """A split scored over its windows."""
+
+    loss: float  # mean cross-entropy per target token (nats)
+    se: float  # the standard error of that mean over the windows (nan for a single window)
+    nats: float  # summed over every target
+    nbytes: int  # UTF-8 bytes of the targets
+    windows: int
+    tokens: int
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nats / math.log(2) / self.nbytes if self.nbytes else math.nan
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 700.0))
 
 
 def eval_rows_per_forward(device: torch.device, context_length: int, vocab_size: int) -> int:
@@ -32,31 +85,167 @@ def eval_rows_per_forward(device: torch.device, context_length: int, vocab_size:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, eval_sets: EvalSets, device: torch.device, amp: Optional[torch.dtype],
-             rows_per_forward: int, d: distributed.Dist) -> dict[str, float]:
-    """Mean loss over each split's fixed windows, in eval mode (no dropout); ranks share the work."""
+def score(model: torch.nn.Module, s: EvalSet, device: torch.device, amp: Optional[torch.dtype],
+          rows_per_forward: int, d: distributed.Dist) -> Score:
+    """The split's Score, in eval mode (no dropout); ranks share the windows."""
+    was_training = model.training
     model.eval()
-    out = {}
-    for split, (x, y) in eval_sets.items():
-        rows = torch.arange(d.rank, len(x), d.world_size)  # this rank's share of the windows
-        total = torch.zeros(2, device=device)  # (sum of losses, number of rows)
-        for chunk in rows.split(rows_per_forward):
-            xb, yb = x[chunk].to(device), y[chunk].to(device)
-            with autocast(device, amp):
-                _, loss = model(xb, yb)
-            total += torch.stack([loss.float() * len(chunk), torch.tensor(float(len(chunk)), device=device)])
-        total = distributed.mean(total, d)
-        out[split] = (total[0] / total[1]).item()
-    model.train()
-    return out
+    rows = torch.arange(d.rank, len(s.x), d.world_size)  # this rank's share of the windows
+    # (sum of window losses, sum of their squares, windows, bytes); float64 for the variance's
+    # difference of sums, except on MPS, which has none
+    wide = torch.float32 if device.type == "mps" else torch.float64
+    total = torch.zeros(4, device=device, dtype=wide)
+    for chunk in rows.split(rows_per_forward):
+        xb, yb = s.x[chunk].to(device), s.y[chunk].to(device)  # (B, T) each
+        with autocast(device, amp):
+            logits, _ = model(xb)  # (B, T, V)
+        per_window = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
+        per_window = per_window.view(len(chunk), -1).mean(dim=1)  # (B,)
+        per_window = per_window.to(wide)
+        total += torch.stack([per_window.sum(), per_window.square().sum(),
+                              torch.tensor(float(len(chunk)), device=device, dtype=wide),
+                              s.nbytes[chunk].sum().to(device=device, dtype=wide)])
+    sum_loss, sum_sq, n, nbytes = distributed.total(total, d).tolist()
+    model.train(was_training)
+    mean = sum_loss / n
+    var = (sum_sq - n * mean * mean) / (n - 1) if n > 1 else math.nan
+    return Score(mean, math.sqrt(max(var, 0.0) / n), sum_loss * s.x.size(1), int(nbytes), int(n),
+                 int(n) * s.x.size(1))
+
+
+def eval_fixed(run: Run) -> dict[str, float]:
+    """Every split scored on its fixed windows; the Scores stay on the run, the losses are returned."""
+    run.scores = {split: score(run.eval_model, s, run.device, run.amp, run.rows_per_forward, run.dist)
+                  for split, s in run.eval_sets.items()}
+    return {split: s.loss for split, s in run.scores.items()}
+
+
+def final_eval(run: Run) -> dict[str, Any]:
+    """The whole valid split and a sample of the train split, once, when training ends: the run's
+    final numbers, as fields for the last metrics row."""
+    c, T = run.corpus, run.cfg.context_length
+    sets = {"valid": EvalSet.of(all_windows(c.valid, T), c.token_bytes),
+            "train": EvalSet.of(all_windows(c.train, T, limit=FINAL_TRAIN_WINDOWS), c.token_bytes)}
+    run.final = {split: score(run.eval_model, s, run.device, run.amp, run.rows_per_forward, run.dist)
+                 for split, s in sets.items()}
+    valid = run.final["valid"]
+    return {"valid_loss_full": valid.loss, "valid_loss_full_se": _finite_or_none(valid.se),
+            "bits_per_byte_full": valid.bits_per_byte, "train_loss_full": run.final["train"].loss}
 
 
 def eval_row(run: Run, lr: float, speed: Speedometer) -> dict[str, Any]:
-    """One eval's row of metrics.jsonl (and W&B): the losses, the learning rate, the training speed."""
+    """One eval's row of metrics.jsonl (and W&B): the losses, their noise, the learning rate, the speed."""
     rate = speed.close_window()
+    valid = run.scores["valid"]
     row = {"step": run.step, "train_loss": run.last["train"], "valid_loss": run.last["valid"],
+           "valid_loss_se": _finite_or_none(valid.se), "bits_per_byte": valid.bits_per_byte,
            "learning_rate": lr, "tokens_per_s": round(rate, 1), "elapsed_s": round(speed.elapsed(), 3)}
     mfu = speed.mfu(rate)
     if mfu is not None:
         row["mfu"] = round(mfu, 4)
     return row
+
+
+def _finite_or_none(value: float) -> Optional[float]:
+    return value if math.isfinite(value) else None
+
+
+# ----------------------------------------------------------------------------- python -m trainer.evaluate
+
+
+def split_ids(h: dict[str, Any], vocab: Optional[torch.Tensor], data: Optional[str], text_column: Optional[str],
+              split: str) -> torch.Tensor:
+    """The model ids of the split to score: of the run's own corpus, or of another file, split at
+    the run's train_split (split=all: the whole file)."""
+    where = f"--data {data}" if data else f"data_path={h.get('data_path')}"
+    if data and not Path(data).is_file():
+        raise UserError(f"{where}: file not found" if not Path(data).exists() else f"{where}: not a file")
+    text = read_text(data if data else h.get("data_path"), text_column if data else h.get("text_column"))
+    ids = torch.from_numpy(tokenize(text, h["encoding"]).astype("int64"))
+    if vocab is not None:  # the model reads compact ids: a token it never saw has no id
+        known = torch.isin(ids, vocab)
+        if not bool(known.all()):
+            raise UserError(f"{where}: {int((~known).sum())} of its {len(ids)} tokens never occur in the run's "
+                            "training corpus, so this model (vocab_compaction=true) cannot score them")
+        ids = torch.searchsorted(vocab, ids)
+    n_train = int(len(ids) * h["train_split"])
+    part = {"train": ids[:n_train], "valid": ids[n_train:], "all": ids}[split]
+    if len(part) < h["context_length"] + 1:
+        raise UserError(f"{where}: its {split} split has {len(part)} tokens, fewer than one window "
+                        f"(context_length+1={h['context_length'] + 1})")
+    return part
+
+
+def evaluate_run(run_dir: Path, data: Optional[str] = None, text_column: Optional[str] = None,
+                 split: str = "valid", which: str = "last") -> dict[str, Any]:
+    """Score a run's checkpoint over every non-overlapping window of the split; add it to eval.json."""
+    path = Path(run_dir) / (rundir.CKPT if which == "last" else rundir.BEST_CKPT)
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no {path.name} (--which {which})")
+    from trainer.generate import load_model  # the CLI's needs: kept out of a training run's imports
+
+    model, state = load_model(str(path))
+    h, vocab = state["h_params"], state.get("vocab")
+    windows = all_windows(split_ids(h, vocab, data, text_column, split), h["context_length"])
+    cpu = torch.device("cpu")
+    s = score(model, EvalSet.of(windows, token_byte_lengths(h["encoding"], vocab, model.head.out_features)), cpu,
+              None, eval_rows_per_forward(cpu, h["context_length"], model.head.out_features), distributed.Dist())
+    result = {"split": split, "which": which, "data": data or h.get("data_path"), "step": state.get("step"),
+              "windows": s.windows, "tokens": s.tokens, "bytes": s.nbytes, "loss": s.loss, "loss_se": s.se,
+              "perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte}
+    _add_to_eval_json(Path(run_dir), result)
+    return result
+
+
+def _add_to_eval_json(run_dir: Path, result: dict[str, Any]) -> None:
+    path = run_dir / rundir.EVAL
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    label = f"{result['split']} {result['which']}" + (f" {result['data']}" if result["data"] else "")
+    known[label] = result
+    rundir.write_atomic(path, json.dumps(known, indent=2) + "\n")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m trainer.evaluate",
+                                description="Score runs' checkpoints over a whole split: loss, perplexity, bits per byte.")
+    p.add_argument("paths", nargs="+", help="run dirs, or a sweep dir (or any dir holding runs)")
+    p.add_argument("--data", help="another text file or CSV to score on (default: each run's own corpus)")
+    p.add_argument("--text_column", help="with --data: the CSV column to read (default: the file raw)")
+    p.add_argument("--split", choices=["valid", "train", "all"], default="valid",
+                   help="which part, split at the run's train_split (default valid; all = the whole file)")
+    p.add_argument("--which", choices=["last", "best"], default="last", help="model.ckpt or best.ckpt")
+    a = p.parse_args(argv)
+    from trainer.compare import render
+
+    try:
+        rows = [(run, evaluate_run(run, a.data, a.text_column, a.split, a.which)) for run in _runs(a.paths, a.which)]
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    print(render(["run", "step", "windows", "tokens", "loss", "± SE", "perplexity", "bits/byte"],
+                 [[str(run), str(r["step"]), str(r["windows"]), f"{r['tokens']:,}", f"{r['loss']:.4f}",
+                   f"{r['loss_se']:.4f}", f"{r['perplexity']:.2f}", f"{r['bits_per_byte']:.4f}"] for run, r in rows],
+                 [False, True, True, True, True, True, True, True]))
+    print(f"\n{a.split} split of {a.data or 'each run' + chr(39) + 's own corpus'}, {a.which} checkpoint; "
+          f"every non-overlapping window; written to each run's {rundir.EVAL}")
+
+
+def _runs(paths: list[str], which: str) -> list[Path]:
+    """Every run dir under the paths that has the checkpoint asked for."""
+    found = []
+    for p in paths:
+        if not Path(p).is_dir():
+            raise UserError(f"{p}: no such directory" if not Path(p).exists() else f"{p}: not a directory")
+        runs = rundir.runs_under(Path(p))
+        if not runs:
+            raise UserError(f"{p}: no runs in it (a run dir has {rundir.CONFIG})")
+        found += runs
+    name = rundir.CKPT if which == "last" else rundir.BEST_CKPT
+    with_ckpt = [r for r in found if (r / name).is_file()]
+    if not with_ckpt:
+        raise UserError(f"{paths[0]}: no run there has a {name}")
+    return with_ckpt
+
+
+if __name__ == "__main__":
+    main()

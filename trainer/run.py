@@ -21,7 +21,7 @@ from trainer.config import h_params_of, plain
 from trainer.data import BatchSampler, Corpus, fixed_eval_windows, load_corpus
 from trainer.device import autocast_dtype, configure
 from trainer.distributed import Dist
-from trainer.evaluate import EvalSets, eval_rows_per_forward
+from trainer.evaluate import EvalSet, EvalSets, Score, eval_rows_per_forward
 from trainer.model import GPT
 from trainer.optim import build_optimizer
 from trainer.resume import ResumePoint
@@ -34,7 +34,8 @@ class RunInfo:
     """What the launcher knows about this job: for W&B grouping and thread sharing."""
 
     group: str = ""  # the sweep this job belongs to ("" for a single run)
-    name: str = ""  # the job's overrides, e.g. "learning_rate=0.0003"
+    name: str = ""  # the job's overrides, e.g. "learning_rate=0.0003,TORCH_SEED=2"
+    point: str = ""  # the same without TORCH_SEED: its seed replicates share it (trainer.replicates)
     parallel_jobs: int = 1  # jobs running side by side on this machine
 
 
@@ -58,6 +59,8 @@ class Run:
     step: int = 0
     best: float = math.inf  # the best valid loss so far
     last: dict[str, float] = field(default_factory=dict)  # the last eval's losses by split
+    scores: dict[str, Score] = field(default_factory=dict)  # the last eval's scores by split
+    final: dict[str, Score] = field(default_factory=dict)  # the whole-split scores, when the run ends
     elapsed_before: float = 0.0  # seconds trained before this process (by the runs it resumes)
     wandb_id: Optional[str] = None
     resumed_at: Optional[int] = None  # the step this process resumed at: evaluated and saved already
@@ -122,10 +125,11 @@ def _h_params(cfg: DictConfig, corpus: Corpus, device: torch.device, d: Dist) ->
 
 
 def _eval_sets(cfg: DictConfig, corpus: Corpus, effective_batch: int) -> EvalSets:
-    """eval_iters global batches of fixed windows per split, shared out among the ranks at eval time."""
-    n, seed = cfg.eval_iters * effective_batch, cfg.TORCH_SEED
-    return {"train": fixed_eval_windows(corpus.train, n, cfg.context_length, seed + 1),
-            "valid": fixed_eval_windows(corpus.valid, n, cfg.context_length, seed + 2)}
+    """eval_iters global batches of fixed windows per split, shared out among the ranks at eval time.
+    Drawn from eval_seed, not TORCH_SEED: every run of a sweep is scored on the same windows."""
+    n, seed, T = cfg.eval_iters * effective_batch, cfg.eval_seed, cfg.context_length
+    return {"train": EvalSet.of(fixed_eval_windows(corpus.train, n, T, seed + 1), corpus.token_bytes),
+            "valid": EvalSet.of(fixed_eval_windows(corpus.valid, n, T, seed + 2), corpus.token_bytes)}
 
 
 def _wrapped(run: Run) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -7,11 +7,12 @@
     ├── model.ckpt                      the latest checkpoint           (trainer.checkpoint)
     ├── metrics.jsonl                   one JSON row per eval           (trainer.tracking)
     ├── summary.json                    best/final losses, when it ends (trainer.cli)
+    ├── eval.json                       scores from `python -m trainer.evaluate`
     ├── error.txt                       a failed sweep job's one line   (trainer.sweep.summary)
     ├── train.log                       the log                         (Hydra's job logging)
     └── wandb/                          W&B's files, when enabled       (trainer.tracking)
 
-A sweep dir adds summary.csv and summary.md (trainer.sweep.summary); `trainer.compare` writes
+A sweep dir adds summary.csv, jobs.csv and summary.md (trainer.sweep.summary); `trainer.compare` writes
 compare.png. A new file in the run dir gets its name here, and its reader here too.
 """
 
@@ -31,6 +32,8 @@ OUTPUTS = Path("outputs")  # where run dirs go, relative to the working director
 MULTIRUN = "multirun"  # outputs/multirun/<date>/<time>/: one dir per sweep
 
 CKPT = "model.ckpt"
+BEST_CKPT = "best.ckpt"  # the weights of the best valid loss so far
+EVAL = "eval.json"  # what `python -m trainer.evaluate` measured, by split, checkpoint and data
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 ERROR = "error.txt"
@@ -41,7 +44,8 @@ CONFIG = f"{HYDRA}/config.yaml"
 OVERRIDES = f"{HYDRA}/overrides.yaml"
 HYDRA_YAML = f"{HYDRA}/hydra.yaml"
 
-SWEEP_CSV = "summary.csv"
+SWEEP_CSV = "summary.csv"  # one row per point (seed replicates together: trainer.replicates)
+SWEEP_JOBS_CSV = "jobs.csv"  # one row per job
 SWEEP_MD = "summary.md"
 SWEEP_LOCK = ".summary.lock"
 PLOT = "compare.png"
@@ -114,6 +118,14 @@ def keep_metrics_up_to(run_dir: Path, step: int) -> None:
     write_atomic(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def amend_last_metrics_row(run_dir: Path, fields: dict[str, Any]) -> None:
+    """Add fields to the last row of metrics.jsonl (the run's final whole-split scores)."""
+    rows = read_metrics(run_dir)
+    if rows:
+        rows[-1].update(fields)
+        write_atomic(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     (Path(run_dir) / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -168,10 +180,24 @@ class RunRecord:
 
     @property
     def final_valid_loss(self) -> Optional[float]:
+        """Over the whole valid split once it finished; before, the last eval's (fixed windows)."""
         if self.summary:
             return _number(self.summary.get("final_valid_loss"))
+        full = _number(self._last("valid_loss_full"))
         valid = self._valid()
-        return valid[-1] if valid else None
+        return full if full is not None else valid[-1] if valid else None
+
+    @property
+    def final_valid_loss_se(self) -> Optional[float]:
+        if self.summary:
+            return _number(self.summary.get("final_valid_loss_se"))
+        return _number(self._last("valid_loss_full_se") or self._last("valid_loss_se"))
+
+    @property
+    def final_bits_per_byte(self) -> Optional[float]:
+        if self.summary:
+            return _number(self.summary.get("final_bits_per_byte"))
+        return _number(self._last("bits_per_byte_full") or self._last("bits_per_byte"))
 
     @property
     def tokens_per_s(self) -> Optional[float]:

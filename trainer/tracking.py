@@ -35,15 +35,15 @@ class Trackers:
     """Every place an eval or a step is reported to (rank 0 only)."""
 
     def __init__(self, run: Run, info: RunInfo, headline: str):
-        self.on = run.dist.is_main
+        self.on, self.dir = run.dist.is_main, run.dir
         self.metrics, self.wandb, self.bar = None, None, None
         self._stack = contextlib.ExitStack()
         if not self.on:
             return
         self.metrics = self._stack.enter_context(open(run.dir / rundir.METRICS, "a"))
         if run.cfg.wandb.enabled:
-            self.wandb = WandbRun(run.cfg.wandb, run.dir, run.h, group=info.group, name=info.name or run.dir.name,
-                                  resume_id=run.wandb_id)
+            self.wandb = WandbRun(run.cfg.wandb, run.dir, {**run.h, "point": info.point}, group=info.group,
+                                  name=info.name or run.dir.name, resume_id=run.wandb_id)
             run.wandb_id = self.wandb.id
         log.info(headline)
         show_bar = run.cfg.progress if run.cfg.progress is not None else sys.stderr.isatty()
@@ -70,6 +70,16 @@ class Trackers:
         self.metrics.flush()
         if self.wandb:
             self.wandb.log(row)
+
+    def amend_last_row(self, fields: dict[str, Any]) -> None:
+        """Fields for the last eval's row, known only once the loop is over (the whole-split scores)."""
+        if not self.on:
+            return
+        self.metrics.close()  # rewritten whole below; reopened for any row after
+        rundir.amend_last_metrics_row(self.dir, fields)
+        self.metrics = self._stack.enter_context(open(self.dir / rundir.METRICS, "a"))
+        if self.wandb:
+            self.wandb.log_at_last_step(fields)
 
     def step(self, loss: float, tokens_per_s: float, mfu: Optional[float]) -> None:
         if self.bar is not None:
@@ -132,7 +142,12 @@ class WandbRun:
         self.run.define_metric("valid_loss", summary="min")
 
     def log(self, row: dict[str, Any]) -> None:
+        self.last_step = row["step"]
         self.run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def log_at_last_step(self, fields: dict[str, Any]) -> None:
+        """More fields for the last logged step (W&B merges them into its row: steps never go back)."""
+        self.run.log(fields, step=getattr(self, "last_step", 0))
 
     def finish(self, exit_code: int, summary: dict[str, Any]) -> None:
         for k, v in summary.items():

@@ -25,7 +25,7 @@ from trainer.config import plain, validate
 from trainer.data import to_device
 from trainer.device import autocast, resolve_device
 from trainer.errors import Diverged
-from trainer.evaluate import eval_row, evaluate
+from trainer.evaluate import eval_fixed, eval_row, final_eval
 from trainer.optim import learning_rate_at
 from trainer.resume import ResumePoint
 from trainer.run import Run, RunInfo, build_run, describe
@@ -74,7 +74,7 @@ def fit(run: Run, out: Trackers) -> dict[str, Any]:
     while True:
         lr = learning_rate_at(run.step, run.cfg)
         if run.eval_due():
-            run.last = evaluate(run.eval_model, run.eval_sets, run.device, run.amp, run.rows_per_forward, run.dist)
+            run.last = eval_fixed(run)
             check_finite(run, lr, run.last)
             run.best = min(run.best, run.last["valid"])
             out.eval(eval_row(run, lr, speed))
@@ -87,9 +87,11 @@ def fit(run: Run, out: Trackers) -> dict[str, Any]:
         run.step += 1
         check_finite(run, lr, {"train": loss})
         out.step(loss, speed.rate(), speed.mfu(speed.rate()))
-    return {"best_valid_loss": run.best, "final_valid_loss": run.last.get("valid"),
-            "final_train_loss": run.last.get("train"), "steps": run.step, "tokens_per_s": speed.last_rate,
-            "wall_s": round(speed.wall(), 3)}
+    out.amend_last_row(final_eval(run))
+    valid = run.final["valid"]
+    return {"best_valid_loss": run.best, "final_valid_loss": valid.loss, "final_valid_loss_se": valid.se,
+            "final_bits_per_byte": valid.bits_per_byte, "final_train_loss": run.final["train"].loss,
+            "steps": run.step, "tokens_per_s": speed.last_rate, "wall_s": round(speed.wall(), 3)}
 
 
 def train_step(run: Run, lr: float) -> float:

@@ -1,4 +1,5 @@
-"""summary.csv and summary.md at a sweep's root, kept current after every job.
+"""summary.csv (one row per point), jobs.csv (one per job) and summary.md at a sweep's root, kept
+current after every job. Jobs that differ only in TORCH_SEED are one point (trainer.replicates).
 
 `SweepSummary` is a Hydra callback (registered under `hydra.callbacks` in conf/config.yaml).
 After every job it rewrites both files from what the job dirs hold (read by
@@ -14,6 +15,7 @@ import csv
 import io
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -25,28 +27,29 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer import rundir
 from trainer.errors import job_error
+from trainer.replicates import Point, group, mean_std, point_of
 from trainer.sweep.overrides import check_storage
 from trainer.sweep.threads import BATCH_ENV, first_batch_size
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["job", "overrides", "status", "best_valid_loss", "final_valid_loss", "tokens_per_s", "wall_s",
-           "steps", "run_dir", "error"]
+JOB_COLUMNS = ["job", "overrides", "point", "status", "best_valid_loss", "final_valid_loss", "final_valid_loss_se",
+               "final_bits_per_byte", "tokens_per_s", "wall_s", "steps", "run_dir", "error"]
+POINT_COLUMNS = ["point", "n", "jobs", "status", "final_valid_loss_mean", "final_valid_loss_std",
+                 "final_valid_loss_se", "within_2se_of_best", "best_valid_loss_mean", "best_valid_loss_std",
+                 "final_bits_per_byte_mean", "tokens_per_s_mean", "wall_s_mean"]
 
 
 def job_row(job_dir: Path, final: bool = False, sweep_dir: Optional[Path] = None) -> dict[str, Any]:
     """One job's line of the summary, from the files in its dir."""
     job = rundir.hydra_job(job_dir)
     run = rundir.read_run(job_dir, still_running=not final)
+    overrides = job.get("override_dirname") or ""
     return {
-        "job": job.get("num"),
-        "overrides": job.get("override_dirname") or "",
-        "status": run.status,
-        "best_valid_loss": run.best_valid_loss,
-        "final_valid_loss": run.final_valid_loss,
-        "tokens_per_s": run.tokens_per_s,
-        "wall_s": run.wall_s,
-        "steps": run.steps,
+        "job": job.get("num"), "overrides": overrides, "point": point_of(overrides), "status": run.status,
+        "best_valid_loss": run.best_valid_loss, "final_valid_loss": run.final_valid_loss,
+        "final_valid_loss_se": run.final_valid_loss_se, "final_bits_per_byte": run.final_bits_per_byte,
+        "tokens_per_s": run.tokens_per_s, "wall_s": run.wall_s, "steps": run.steps,
         "run_dir": os.path.relpath(job_dir, job_dir.parent if sweep_dir is None else sweep_dir),
         "error": run.error,
     }
@@ -57,12 +60,39 @@ def collect(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["job"] if isinstance(r["job"], int) else 1 << 30, r["run_dir"]))
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
+def points_of(rows: list[dict[str, Any]]) -> list[Point]:
+    """The jobs grouped into points (seed replicates together), ranked by mean final valid loss."""
+    return group(rows, name=lambda r: r["point"], final=lambda r: _if_ok(r, "final_valid_loss"),
+                 best=lambda r: _if_ok(r, "best_valid_loss"), se=lambda r: _if_ok(r, "final_valid_loss_se"))
+
+
+def _if_ok(row: dict[str, Any], key: str) -> Any:
+    """A finished job's value; an unfinished one has no final score to average."""
+    return row[key] if row["status"] == "ok" else None
+
+
+def point_row(p: Point) -> dict[str, Any]:
+    counts = Counter(r["status"] for r in p.members)
+    return {"point": p.name, "n": p.n, "jobs": " ".join(str(r["job"]) for r in p.members),
+            "status": ", ".join(f"{n} {s}" for s, n in counts.items()),
+            "final_valid_loss_mean": p.final_mean, "final_valid_loss_std": p.final_std,
+            "final_valid_loss_se": p.se, "within_2se_of_best": p.within_2se if p.final_mean is not None else None,
+            "best_valid_loss_mean": p.best_mean, "best_valid_loss_std": p.best_std,
+            "final_bits_per_byte_mean": _mean_of(p.members, "final_bits_per_byte"),
+            "tokens_per_s_mean": _mean_of(p.members, "tokens_per_s"), "wall_s_mean": _mean_of(p.members, "wall_s")}
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str) -> Optional[float]:
+    values = [r[key] for r in rows if r["status"] == "ok" and r[key] is not None]
+    return sum(values) / len(values) if values else None
+
+
+def to_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return out.getvalue()
 
 
@@ -71,24 +101,44 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def to_markdown(rows: list[dict[str, Any]], title: str = "Sweep summary") -> str:
-    """A Markdown table of the jobs, with the best one named first."""
+    """The points ranked by mean final valid loss (the best named first), then every job."""
+    points = points_of(rows)
     lines = [f"# {title}", ""]
-    done = [r for r in rows if r["status"] == "ok" and r["best_valid_loss"] is not None]
-    if done:
-        best = min(done, key=lambda r: r["best_valid_loss"])
-        lines += [f"Best: job {best['job']} (`{best['overrides'] or best['run_dir']}`), "
-                  f"best valid loss {best['best_valid_loss']:.4f}.", ""]
+    if points and points[0].final_mean is not None:
+        top = points[0]
+        near = [f"`{p.name or '(no overrides)'}`" for p in points[1:] if p.within_2se]
+        lines += [f"Best: `{top.name or '(no overrides)'}` (n={top.n}), final valid loss "
+                  f"{mean_std(top.final_mean, top.final_std)}"
+                  + (f"; within 2 standard errors of it (not told apart): {', '.join(near)}" if near else "")
+                  + ".", ""]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "running", "incomplete")}
     lines += [", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no jobs yet", ""]
-    lines += ["| job | overrides | status | best valid loss | final valid loss | tokens/s | wall s |",
-              "|---:|---|---|---:|---:|---:|---:|"]
+    lines += _points_table(points) + [""] + _jobs_table(rows)
+    return "\n".join(lines) + "\n"
+
+
+def _points_table(points: list[Point]) -> list[str]:
+    lines = ["| point | n | final valid loss (mean ± std) | ± SE | ≈ best | best valid loss (mean ± std) | jobs |",
+             "|---|---:|---:|---:|:---:|---:|---|"]
+    for p in points:
+        lines.append(f"| `{p.name}` | {p.n} | {mean_std(p.final_mean, p.final_std)} | {_fmt(p.se, '.4f')} | "
+                     f"{'best' if p is points[0] else '≈' if p.within_2se else ''} | {mean_std(p.best_mean, p.best_std)} | "
+                     f"{' '.join(str(r['job']) for r in p.members)} |")
+    return lines
+
+
+def _jobs_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| job | overrides | status | best valid loss | final valid loss (whole split) | bits/byte | "
+             "tokens/s | wall s |", "|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         overrides = f"`{r['overrides']}`" if r["overrides"] else ""
         status = r["status"] if not r["error"] else f"{r['status']}: {r['error']}".replace("|", "\\|")
-        lines.append(f"| {r['job']} | {overrides} | {status} | {_fmt(r['best_valid_loss'], '.4f')} | "
-                     f"{_fmt(r['final_valid_loss'], '.4f')} | {_fmt(r['tokens_per_s'], ',.0f')} | "
+        se = f" ± {r['final_valid_loss_se']:.4f}" if r["final_valid_loss_se"] is not None else ""
+        final = f"{_fmt(r['final_valid_loss'], '.4f')}{se}" if r["final_valid_loss"] is not None else ""
+        lines.append(f"| {r['job']} | {overrides} | {status} | {_fmt(r['best_valid_loss'], '.4f')} | {final} | "
+                     f"{_fmt(r['final_bits_per_byte'], '.4f')} | {_fmt(r['tokens_per_s'], ',.0f')} | "
                      f"{_fmt(r['wall_s'], '.1f')} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 @contextlib.contextmanager
@@ -112,7 +162,9 @@ def write_summary(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with _locked(sweep_dir):
         rows = collect(sweep_dir, final)
-        rundir.write_atomic(sweep_dir / rundir.SWEEP_CSV, to_csv(rows))
+        rundir.write_atomic(sweep_dir / rundir.SWEEP_CSV, to_csv([point_row(p) for p in points_of(rows)],
+                                                                 POINT_COLUMNS))
+        rundir.write_atomic(sweep_dir / rundir.SWEEP_JOBS_CSV, to_csv(rows, JOB_COLUMNS))
         rundir.write_atomic(sweep_dir / rundir.SWEEP_MD, to_markdown(rows, f"Sweep {sweep_dir}"))
     return rows
 
