@@ -54,7 +54,7 @@ def evaluate(model: torch.nn.Module, eval_sets: EvalSets, device: torch.device, 
 def eval_row(run: Run, lr: float, speed: Speedometer) -> dict[str, Any]:
     """One eval's row of metrics.jsonl (and W&B): the losses, the learning rate, the training speed."""
     rate = speed.close_window()
-    row = {"step": run.step, "train_loss": run.last["train"], "valid_loss": run.last["valid"],
+    row = {"step": run.step, "tokens_seen": run.tokens_seen, "train_loss": run.last["train"], "valid_loss": run.last["valid"],
            "learning_rate": lr, "tokens_per_s": round(rate, 1), "elapsed_s": round(speed.elapsed(), 3)}
     mfu = speed.mfu(rate)
     if mfu is not None:

@@ -5,6 +5,7 @@
     ├── .hydra/overrides.yaml           what was typed                  (Hydra)
     ├── .hydra/hydra.yaml               Hydra's settings: job number, name (Hydra)
     ├── model.ckpt                      the latest checkpoint           (trainer.checkpoint)
+    ├── best.ckpt                       the best valid loss's weights   (trainer.checkpoint)
     ├── metrics.jsonl                   one JSON row per eval           (trainer.tracking)
     ├── summary.json                    best/final losses, when it ends (trainer.cli)
     ├── error.txt                       a failed sweep job's one line   (trainer.sweep.summary)
@@ -30,7 +31,8 @@ from trainer.errors import UserError
 OUTPUTS = Path("outputs")  # where run dirs go, relative to the working directory (Hydra's default)
 MULTIRUN = "multirun"  # outputs/multirun/<date>/<time>/: one dir per sweep
 
-CKPT = "model.ckpt"
+CKPT = "model.ckpt"  # the latest: what resume continues from
+BEST_CKPT = "best.ckpt"  # the weights at the lowest valid loss so far (not resumable)
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 ERROR = "error.txt"
