@@ -79,9 +79,16 @@ def test_history_has_every_eval_at_its_step_as_in_metrics_jsonl(wandb_sweep):
             assert h["valid_loss"] == pytest.approx(r["valid_loss"])
             assert h["train_loss"] == pytest.approx(r["train_loss"])
             assert h["learning_rate"] == r["learning_rate"] and "tokens_per_s" in h
+            assert h["tokens_seen"] == r["tokens_seen"] == r["step"] * 4 * 32  # steps x batch x context
         best = json.loads((job / rundir.SUMMARY).read_text())["best_valid_loss"]
         assert run.summary["best_valid_loss"] == pytest.approx(best)
         assert run.exit_code == 0
+
+
+def test_the_losses_are_plotted_against_tokens_seen(wandb_sweep):
+    *_, jobs = wandb_sweep
+    for run in runs_of(jobs):
+        assert run.step_metrics == {"tokens_seen": "", "train_loss": "tokens_seen", "valid_loss": "tokens_seen"}
 
 
 def test_a_failed_job_closes_its_run_as_failed_and_the_next_run_starts_clean(wandb_sweep):
