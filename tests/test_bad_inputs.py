@@ -88,6 +88,9 @@ CASES = [  # (what, overrides, the culprit the one line must name)
      "the checkpoint's d_model=32 does not match this run's d_model=64"),
     ("resume with another corpus", [f"resume={RUN}", "data=text", "data_path=other.txt"], "vocab_size"),
     ("resume=auto with no such run", ["resume=auto", "learning_rate=0.5"], "resume=auto"),
+    ("negative time budget", ["max_time=-1"], "max_time=-1.0: must be zero (no time budget) or a positive"),
+    ("negative token budget", ["max_tokens=-5"], "max_tokens=-5: must be zero or a positive integer"),
+    ("negative patience", ["early_stopping_patience=-1"], "early_stopping_patience=-1: must be zero"),
 ]
 
 

@@ -119,7 +119,7 @@ def test_two_ranks_leave_one_run_dir_with_one_checkpoint_and_one_metrics_file(tw
     run_dir = only_run(cwd)
     stray = [p for p in cwd.rglob("*") if p.is_file() and run_dir not in p.parents]
     assert not stray  # ranks > 0 wrote nothing: no ./train.log, no ./.hydra, no second run dir
-    assert sorted(p.name for p in run_dir.glob("*.ckpt")) == [rundir.CKPT]
+    assert sorted(p.name for p in run_dir.glob("*.ckpt")) == sorted([rundir.CKPT, rundir.BEST_CKPT])
     assert sorted(p.name for p in cwd.rglob(rundir.METRICS)) == [rundir.METRICS]
     assert [r["step"] for r in metrics(run_dir)] == [0, 10, 20]  # each eval written once, by rank 0
     assert proc.stdout.count("Step: 20,") == 1
@@ -135,6 +135,7 @@ def test_h_params_record_world_size_and_effective_batch(two_ranks):
     assert state["h_params"]["effective_batch_size"] == 2
     assert "x 2 ranks (gloo)" in proc.stdout
     assert "effective batch 2 (batch_size 1 x 1 accumulation x 2 ranks)" in proc.stdout
+    assert [r["tokens_seen"] for r in metrics(only_run(cwd))] == [0, 640, 1280]  # steps x 1 x 32 x 2 ranks
     # every rank's RNG states, for an exact resume; the dropout generators differ per rank
     assert len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
@@ -234,3 +235,15 @@ def test_a_two_rank_run_resumes_with_two_ranks_exactly(cli, tmp_path):
     assert three.stderr.count("error: resume=") == 1  # rank 0 says it; torchrun's own report follows
     assert "world_size=2" in three.stderr and "world_size=3" in three.stderr
     assert [r["step"] for r in metrics(run_dir)] == [0, 10, 20]
+
+
+@pytest.mark.slow
+def test_two_ranks_stop_together_at_a_time_budget(cli, tmp_path):
+    # Each rank's clock says something else: rank 0's decision must hold for both, or one would
+    # wait forever for the other's next step.
+    proc = cli(*TORCHRUN, *TINY, "batch_size=1", "max_iters=1000000", "max_time=2", module="torch.distributed.run")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = only_run(tmp_path)
+    summary, state = rundir.read_summary(run_dir), torch.load(run_dir / rundir.CKPT, weights_only=True)
+    assert summary["stopped"] == "max_time" and 0 < summary["steps"] < 1_000_000
+    assert metrics(run_dir)[-1]["step"] == state["step"] == summary["steps"]

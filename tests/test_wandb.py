@@ -89,6 +89,7 @@ def test_history_has_every_eval_at_its_step_as_in_metrics_jsonl(wandb_sweep):
             for key in ("valid_loss", "train_loss", "valid_loss_se", "bits_per_byte"):
                 assert h[key] == pytest.approx(r[key])
             assert h["learning_rate"] == r["learning_rate"] and "tokens_per_s" in h
+            assert h["tokens_seen"] == r["tokens_seen"] == r["step"] * 4 * 32  # steps x batch x context
         assert run.history[-1]["valid_loss_full"] == pytest.approx(rows[-1]["valid_loss_full"])
         done = json.loads((job / rundir.SUMMARY).read_text())
         assert run.summary["best_valid_loss"] == pytest.approx(done["best_valid_loss"])
@@ -96,6 +97,12 @@ def test_history_has_every_eval_at_its_step_as_in_metrics_jsonl(wandb_sweep):
         assert run.summary["final_valid_loss"] == pytest.approx(done["final_valid_loss"])
         assert done["final_valid_loss"] == rows[-1]["valid_loss_full"]
         assert run.exit_code == 0
+
+
+def test_the_losses_are_plotted_against_tokens_seen(wandb_sweep):
+    *_, jobs = wandb_sweep
+    for run in runs_of(jobs):
+        assert run.step_metrics == {"tokens_seen": "", "train_loss": "tokens_seen", "valid_loss": "tokens_seen"}
 
 
 def test_a_failed_job_closes_its_run_as_failed_and_the_next_run_starts_clean(wandb_sweep):

@@ -31,6 +31,7 @@ class OfflineRun:
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    step_metrics: dict[str, str] = field(default_factory=dict)  # define_metric's: name -> its x-axis ("" = none)
     exit_code: Optional[int] = None  # None: the run was never finished
 
 
@@ -87,6 +88,8 @@ def read_run(path: Path) -> OfflineRun:
             run.history.append(dict(_items(rec.history.item)))
         elif kind == "summary":
             run.summary.update(_items(rec.summary.update))
+        elif kind == "metric":
+            run.step_metrics[rec.metric.name] = rec.metric.step_metric
         elif kind == "exit":
             run.exit_code = rec.exit.exit_code
     run.config.pop("_wandb", None)

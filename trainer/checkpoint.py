@@ -3,8 +3,9 @@
 A checkpoint is one `torch.save`d dict. It keeps the book's two keys, `model_state_dict` and
 `h_params`, so the book's loader still works, and adds what an exact resume needs: the
 optimizer, the step, every RNG state, the best valid loss, the vocabulary mapping and the
-W&B run id (`save_run` writes them; `trainer.resume` puts them back). Every load uses
-`weights_only=True`, so a checkpoint cannot run code.
+W&B run id (`save_run` writes them; `trainer.resume` puts them back). `save_best` writes
+best.ckpt, the weights at the best eval so far; `resolve(..., which=)` picks one of the two for
+every command. Every load uses `weights_only=True`, so a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 
 from trainer import distributed
 from trainer.errors import UserError
-from trainer.rundir import CKPT
+from trainer.rundir import BEST_CKPT, CKPT
 
 if TYPE_CHECKING:
     from trainer.run import Run
@@ -47,8 +48,28 @@ def save_run(run: Run, elapsed_s: float) -> None:
         "vocab": run.corpus.vocab,
         "wandb_run_id": run.wandb_id,
         "elapsed_s": elapsed_s,
+        "tokens_seen": run.tokens_seen,
+        "evals_since_best": run.evals_since_best,
+        "stopped": run.stopped,  # why the run ended here (max_iters, max_time, ...), None while it goes on
         "config": OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True),
     }, run.dir / CKPT)
+
+
+def save_best(run: Run) -> None:
+    """best.ckpt, at an eval that improved the valid loss: the weights and what sampling and
+    evaluating them needs (no optimizer or RNG: model.ckpt is the one to resume from)."""
+    if not run.dist.is_main:
+        return
+    save({
+        "model_state_dict": run.model.state_dict(),
+        "h_params": run.h,
+        "step": run.step,
+        "tokens_seen": run.tokens_seen,
+        "valid_loss": run.last["valid"],
+        "last_losses": run.last,
+        "vocab": run.corpus.vocab,
+        "config": OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True),
+    }, run.dir / BEST_CKPT)
 
 
 def save(state: dict[str, Any], path: Path) -> None:
@@ -89,19 +110,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def resolve(path_or_run_dir: str | os.PathLike, key: str = "checkpoint") -> Path:
-    """A checkpoint file, or the model.ckpt inside a run dir; `key` names the culprit in errors."""
+# A run dir's checkpoints by what commands call them (`--which last|best`).
+WHICH = {"last": CKPT, "best": BEST_CKPT}
+
+
+def resolve(path_or_run_dir: str | os.PathLike, key: str = "checkpoint", which: str = "last") -> Path:
+    """A checkpoint file, or the run dir's model.ckpt (which="last": the latest, what resume uses) or
+    best.ckpt (which="best": the lowest valid loss); `key` names the culprit in errors."""
+    if which not in WHICH:
+        raise UserError(f"--which {which}: must be one of {', '.join(WHICH)}")
     path = Path(path_or_run_dir)
     if path.is_dir():
-        path = path / CKPT
+        path = path / WHICH[which]
+        if which == "best" and not path.is_file():
+            raise UserError(f"{key}={path_or_run_dir}: no best checkpoint ({path} does not exist; it is written "
+                            "at each eval that improves the valid loss)")
+    elif which == "best" and path.is_file():
+        raise UserError(f"{key}={path_or_run_dir}: --which best needs a run dir (a .ckpt file is itself the choice)")
     if not path.is_file():
         raise UserError(f"{key}={path_or_run_dir}: no checkpoint there (expected a run dir or a .ckpt file)")
     return path
 
 
-def load(path_or_run_dir: str | os.PathLike, key: str = "checkpoint") -> dict[str, Any]:
+def load(path_or_run_dir: str | os.PathLike, key: str = "checkpoint", which: str = "last") -> dict[str, Any]:
     """torch.load with weights_only=True, turning every failure into one clear line."""
-    path = resolve(path_or_run_dir, key)
+    path = resolve(path_or_run_dir, key, which)
     if path.stat().st_size == 0:
         raise UserError(f"{path}: corrupt checkpoint (the file is empty)")
     try:

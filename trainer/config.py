@@ -93,6 +93,10 @@ class TrainConfig:
     dtype: Dtype = Dtype.auto
     compile: bool = False
     num_threads: int = 0  # CPU threads for torch; 0 = the cores shared by the parallel jobs, one left free
+    # budgets and early stopping (0 = off): stop cleanly, evaluated and saved, where the first runs out
+    max_time: float = 0.0  # seconds of training, the resumed parts of the run included
+    max_tokens: int = 0  # training tokens, all ranks (never more: stops before the step that would pass it)
+    early_stopping_patience: int = 0  # stop after this many evals in a row without a better valid loss
     # run management (not hyperparameters)
     checkpoint_interval: int = 0  # 0 = at every eval
     resume: Optional[str] = None  # a run dir, a checkpoint file, or "auto"
@@ -143,8 +147,9 @@ def validate(cfg: DictConfig) -> None:
     for key in ("d_model", "num_blocks", "num_heads", "context_length", "batch_size", "max_iters",
                 "eval_interval", "eval_iters", "gradient_accumulation_steps"):
         need(cfg[key] > 0, key, "must be a positive integer")
-    for key in ("warmup_iters", "checkpoint_interval", "num_threads"):
+    for key in ("warmup_iters", "checkpoint_interval", "num_threads", "max_tokens", "early_stopping_patience"):
         need(cfg[key] >= 0, key, "must be zero or a positive integer")
+    need(cfg.max_time >= 0, "max_time", "must be zero (no time budget) or a positive number of seconds")
     need(cfg.d_model % cfg.num_heads == 0, "d_model",
          f"must be divisible by num_heads={cfg.num_heads}")
     need(0.0 <= cfg.dropout < 1.0, "dropout", "must be in [0, 1)")

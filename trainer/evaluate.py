@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 import torch.nn.functional as F
 
-from trainer import distributed, rundir
+from trainer import checkpoint, distributed, rundir
 from trainer.data import all_windows, read_text, token_byte_lengths, tokenize
 from trainer.device import autocast
 from trainer.errors import UserError
@@ -137,8 +137,9 @@ def eval_row(run: Run, lr: float, speed: Speedometer) -> dict[str, Any]:
     """One eval's row of metrics.jsonl (and W&B): the losses, their noise, the learning rate, the speed."""
     rate = speed.close_window()
     valid = run.scores["valid"]
-    row = {"step": run.step, "train_loss": run.last["train"], "valid_loss": run.last["valid"],
-           "valid_loss_se": _finite_or_none(valid.se), "bits_per_byte": valid.bits_per_byte,
+    row = {"step": run.step, "tokens_seen": run.tokens_seen, "train_loss": run.last["train"],
+           "valid_loss": run.last["valid"], "valid_loss_se": _finite_or_none(valid.se),
+           "bits_per_byte": valid.bits_per_byte,
            "learning_rate": lr, "tokens_per_s": round(rate, 1), "elapsed_s": round(speed.elapsed(), 3)}
     mfu = speed.mfu(rate)
     if mfu is not None:
@@ -179,12 +180,9 @@ def split_ids(h: dict[str, Any], vocab: Optional[torch.Tensor], data: Optional[s
 def evaluate_run(run_dir: Path, data: Optional[str] = None, text_column: Optional[str] = None,
                  split: str = "valid", which: str = "last") -> dict[str, Any]:
     """Score a run's checkpoint over every non-overlapping window of the split; add it to eval.json."""
-    path = Path(run_dir) / (rundir.CKPT if which == "last" else rundir.BEST_CKPT)
-    if not path.is_file():
-        raise UserError(f"{run_dir}: no {path.name} (--which {which})")
     from trainer.generate import load_model  # the CLI's needs: kept out of a training run's imports
 
-    model, state = load_model(str(path))
+    model, state = load_model(str(run_dir), which=which)
     h, vocab = state["h_params"], state.get("vocab")
     windows = all_windows(split_ids(h, vocab, data, text_column, split), h["context_length"])
     cpu = torch.device("cpu")
@@ -240,7 +238,7 @@ def _runs(paths: list[str], which: str) -> list[Path]:
         if not runs:
             raise UserError(f"{p}: no runs in it (a run dir has {rundir.CONFIG})")
         found += runs
-    name = rundir.CKPT if which == "last" else rundir.BEST_CKPT
+    name = checkpoint.WHICH[which]
     with_ckpt = [r for r in found if (r / name).is_file()]
     if not with_ckpt:
         raise UserError(f"{paths[0]}: no run there has a {name}")

@@ -17,9 +17,10 @@ from trainer.errors import UserError
 from trainer.model import GPT
 
 
-def load_model(path: str) -> tuple[GPT, dict]:
-    """The trained model (eval mode, CPU) and its checkpoint, from a run dir or a .ckpt file."""
-    state = checkpoint.load(path)
+def load_model(path: str, which: str = "last") -> tuple[GPT, dict]:
+    """The trained model (eval mode, CPU) and its checkpoint, from a run dir (its model.ckpt, or
+    best.ckpt with which="best") or a .ckpt file."""
+    state = checkpoint.load(path, which=which)
     model = GPT(state["h_params"])
     model.load_state_dict(state["model_state_dict"])
     return model.eval(), state
@@ -34,8 +35,8 @@ def _line_start(enc, vocab: torch.Tensor | None) -> int:
 
 
 def sample(path: str, prompt: str = "", max_new_tokens: int = 100, temperature: float = 0.8,
-           top_k: int | None = 50, seed: int = 1337, num_samples: int = 1) -> list[str]:
-    model, state = load_model(path)
+           top_k: int | None = 50, seed: int = 1337, num_samples: int = 1, which: str = "last") -> list[str]:
+    model, state = load_model(path, which)
     h, vocab = state["h_params"], state.get("vocab")
     enc = get_encoding(h["encoding"])
     ids = enc.encode_ordinary(prompt) if prompt else [_line_start(enc, vocab)]
@@ -66,12 +67,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top_k", type=int, default=50, help="sample among the k likeliest (0 = all)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--which", choices=tuple(checkpoint.WHICH), default="last",
+                   help="a run dir's latest checkpoint (model.ckpt) or its best (best.ckpt)")
     a = p.parse_args(argv)
     try:
         if a.max_new_tokens < 0 or a.temperature < 0 or a.top_k < 0 or a.num_samples < 1:
             raise UserError("--max_new_tokens, --temperature and --top_k must be >= 0, --num_samples >= 1")
         texts = sample(a.checkpoint, a.prompt, a.max_new_tokens, a.temperature, a.top_k or None, a.seed,
-                       a.num_samples)
+                       a.num_samples, a.which)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -10,7 +10,8 @@ The steps, in the order they happen:
    the user types now comes after them and wins.
 3. `check_world_size` (before torchrun's process group starts) and `check` (model shape and
    vocabulary, once the corpus is read): can this run continue that one?
-4. `restore`: weights, optimizer, every RNG, step, best loss; metrics rows after the step dropped.
+4. `restore`: weights, optimizer, every RNG, step, best loss, tokens seen, evals without
+   improvement; metrics rows after the step dropped.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class ResumePoint:
         run.best = s.get("best_valid_loss", math.inf)
         run.last = dict(s.get("last_losses", {}))
         run.elapsed_before = s.get("elapsed_s", 0.0)
+        run.tokens_before = s.get("tokens_seen", tokens_up_to(s))
+        run.evals_since_best = s.get("evals_since_best", 0)  # why it stopped follows from these (stop_reason)
         run.wandb_id = s.get("wandb_run_id")
         if run.dist.is_main:  # the rows after the checkpoint are logged again, as the run redoes them
             rundir.keep_metrics_up_to(run.dir, run.step)
@@ -105,16 +108,23 @@ class ResumePoint:
         log.info("Resuming from %s at step %d", self.path, run.step)
 
 
+def tokens_up_to(state: dict[str, Any]) -> int:
+    """Tokens trained on before a checkpoint that predates `tokens_seen`: its steps x its batch."""
+    h = state["h_params"]
+    return state["step"] * h.get("effective_batch_size", h.get("batch_size", 0)) * h.get("context_length", 0)
+
+
 def find_auto(overrides: list[str]) -> Path:
     """The newest run (with a checkpoint) whose config equals the one these overrides compose.
 
-    max_iters is how far to train, not which run: `... max_iters=2000 resume=auto` extends the run.
+    max_iters and the budgets are how far to train, not which run: `... max_iters=2000 resume=auto`
+    extends the run.
     """
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         wanted = OmegaConf.to_container(compose("config", overrides=overrides), resolve=False)
-    ignore = {"resume", "progress", "max_iters"}
+    ignore = {"resume", "progress", "max_iters", "max_time", "max_tokens", "early_stopping_patience"}
     wanted = {k: v for k, v in wanted.items() if k not in ignore}
     runs = [r for r in rundir.runs_under(rundir.OUTPUTS) if (r / rundir.CKPT).is_file()]
     for run in sorted(runs, key=lambda r: (r / rundir.CKPT).stat().st_mtime, reverse=True):

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
+from trainer import distributed
 from trainer.config import h_params_of, plain
 from trainer.data import BatchSampler, Corpus, fixed_eval_windows, load_corpus
 from trainer.device import autocast_dtype, configure
@@ -64,6 +65,9 @@ class Run:
     elapsed_before: float = 0.0  # seconds trained before this process (by the runs it resumes)
     wandb_id: Optional[str] = None
     resumed_at: Optional[int] = None  # the step this process resumed at: evaluated and saved already
+    tokens_before: int = 0  # training tokens seen up to resumed_at (from the checkpoint)
+    evals_since_best: int = 0  # evals in a row that did not improve the best valid loss (early stopping)
+    stopped: Optional[str] = None  # why the loop stops at this step (stop_reason), None while it goes on
 
     @property
     def effective_batch(self) -> int:
@@ -74,17 +78,57 @@ class Run:
     def tokens_per_step(self) -> int:
         return self.effective_batch * self.cfg.context_length
 
+    @property
+    def tokens_seen(self) -> int:
+        """Training tokens consumed so far, all ranks, the runs this one resumes included."""
+        return self.tokens_before + (self.step - (self.resumed_at or 0)) * self.tokens_per_step
+
+    def stop_reason(self, elapsed_s: float) -> Optional[str]:
+        """Why the run ends at this step, or None: early_stopping, max_iters, max_tokens (the next step
+        would pass it) or max_time (training seconds of the whole run, resumed parts included).
+        Worked out from the run's state alone, so a resumed run that is already done stops at once,
+        for the same reason, and one resumed with a larger budget goes on."""
+        cfg = self.cfg
+        if self._patience_spent():
+            return "early_stopping"
+        if self.step >= cfg.max_iters:
+            return "max_iters"
+        if cfg.max_tokens and self.tokens_seen + self.tokens_per_step > cfg.max_tokens:
+            return "max_tokens"
+        if cfg.max_time and elapsed_s >= cfg.max_time:
+            return "max_time"
+        return None
+
+    def check_budgets(self, elapsed_s: float) -> None:
+        """Set `stopped`. Ranks' clocks differ: rank 0's decision holds for all (else one rank would
+        wait forever for the others' next step)."""
+        reason = self.stop_reason(elapsed_s)
+        self.stopped = distributed.broadcast(reason, self.dist) if self.cfg.max_time else reason
+
+    def note_eval(self) -> bool:
+        """Take the eval just made into account; True when it is the best valid loss so far. After
+        early_stopping_patience evals without one, the run stops here."""
+        improved = self.last["valid"] < self.best
+        self.best = min(self.best, self.last["valid"])
+        self.evals_since_best = 0 if improved else self.evals_since_best + 1
+        if self.stopped is None and self._patience_spent():
+            self.stopped = "early_stopping"
+        return improved
+
+    def _patience_spent(self) -> bool:
+        patience = self.cfg.early_stopping_patience
+        return patience > 0 and self.evals_since_best >= patience
+
     def eval_due(self) -> bool:
-        """Every eval_interval steps and at the end (not again at the step a resume starts from)."""
-        return self.step != self.resumed_at and (self.step % self.cfg.eval_interval == 0
-                                                 or self.step == self.cfg.max_iters)
+        """Every eval_interval steps and where the run stops (not again at the step a resume starts from)."""
+        return self.step != self.resumed_at and (self.step % self.cfg.eval_interval == 0 or self.stopped is not None)
 
     def checkpoint_due(self) -> bool:
-        """At every eval (checkpoint_interval=0) or every checkpoint_interval steps, and at the end."""
+        """At every eval (checkpoint_interval=0) or every checkpoint_interval steps, and where the run stops."""
         if self.step == self.resumed_at:
             return False
         every = self.cfg.checkpoint_interval
-        return (self.eval_due() if every == 0 else self.step % every == 0) or self.step == self.cfg.max_iters
+        return (self.eval_due() if every == 0 else self.step % every == 0) or self.stopped is not None
 
 
 def build_run(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.device, d: Dist,

@@ -5,6 +5,7 @@
     ├── .hydra/overrides.yaml           what was typed                  (Hydra)
     ├── .hydra/hydra.yaml               Hydra's settings: job number, name (Hydra)
     ├── model.ckpt                      the latest checkpoint           (trainer.checkpoint)
+    ├── best.ckpt                       the best valid loss's weights   (trainer.checkpoint)
     ├── metrics.jsonl                   one JSON row per eval           (trainer.tracking)
     ├── summary.json                    best/final losses, when it ends (trainer.cli)
     ├── eval.json                       scores from `python -m trainer.evaluate`
@@ -31,8 +32,8 @@ from trainer.errors import UserError
 OUTPUTS = Path("outputs")  # where run dirs go, relative to the working directory (Hydra's default)
 MULTIRUN = "multirun"  # outputs/multirun/<date>/<time>/: one dir per sweep
 
-CKPT = "model.ckpt"
-BEST_CKPT = "best.ckpt"  # the weights of the best valid loss so far
+CKPT = "model.ckpt"  # the latest: what resume continues from
+BEST_CKPT = "best.ckpt"  # the weights at the lowest valid loss so far (not resumable)
 EVAL = "eval.json"  # what `python -m trainer.evaluate` measured, by split, checkpoint and data
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"

@@ -139,7 +139,10 @@ class WandbRun:
             os.environ["WANDB_MODE"] = "offline"
             self.run = wandb.init(**init, mode="offline")  # the environment alone is read too late
         self.id = self.run.id
-        self.run.define_metric("valid_loss", summary="min")
+        # tokens_seen as the losses' x-axis: runs with other batch sizes line up at equal data
+        self.run.define_metric("tokens_seen")
+        self.run.define_metric("train_loss", step_metric="tokens_seen")
+        self.run.define_metric("valid_loss", step_metric="tokens_seen", summary="min")
 
     def log(self, row: dict[str, Any]) -> None:
         self.last_step = row["step"]

@@ -1,5 +1,6 @@
 """The training loop: the book's four steps (forward pass, loss, backpropagation, parameter
-update), repeated until max_iters, with an eval and a checkpoint when they are due.
+update), repeated until max_iters (or a budget, or early stopping), with an eval and a checkpoint
+when they are due.
 
     train()           set up the device (and torchrun's ranks), build the run, fit it
     fit_and_report()  fit, with the console, metrics.jsonl and W&B opened and always closed
@@ -69,18 +70,21 @@ def fit_and_report(run: Run, info: RunInfo) -> dict[str, Any]:
 
 
 def fit(run: Run, out: Trackers) -> dict[str, Any]:
-    """Evaluate and checkpoint when due, then take a step, until max_iters; return the summary."""
+    """Evaluate and checkpoint when due, then take a step, until the run stops (max_iters, a budget,
+    early stopping: evaluated and saved where it stops); return the summary."""
     speed = Speedometer(run)
     while True:
         lr = learning_rate_at(run.step, run.cfg)
+        run.check_budgets(speed.elapsed())
         if run.eval_due():
             run.last = eval_fixed(run)
             check_finite(run, lr, run.last)
-            run.best = min(run.best, run.last["valid"])
+            if run.note_eval():  # a new best valid loss (no improvement for too long stops the run)
+                checkpoint.save_best(run)
             out.eval(eval_row(run, lr, speed))
         if run.checkpoint_due():
             checkpoint.save_run(run, speed.elapsed())
-        if run.step >= run.cfg.max_iters:
+        if run.stopped:
             break
         with speed.step():
             loss = train_step(run, lr)
@@ -91,7 +95,8 @@ def fit(run: Run, out: Trackers) -> dict[str, Any]:
     valid = run.final["valid"]
     return {"best_valid_loss": run.best, "final_valid_loss": valid.loss, "final_valid_loss_se": valid.se,
             "final_bits_per_byte": valid.bits_per_byte, "final_train_loss": run.final["train"].loss,
-            "steps": run.step, "tokens_per_s": speed.last_rate, "wall_s": round(speed.wall(), 3)}
+            "steps": run.step, "tokens_seen": run.tokens_seen, "stopped": run.stopped,
+            "tokens_per_s": speed.last_rate, "wall_s": round(speed.wall(), 3)}
 
 
 def train_step(run: Run, lr: float) -> float:
