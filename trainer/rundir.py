@@ -11,7 +11,8 @@
     ├── train.log                       the log                         (Hydra's job logging)
     └── wandb/                          W&B's files, when enabled       (trainer.tracking)
 
-A sweep dir adds summary.csv and summary.md (trainer.sweep.summary); `trainer.compare` writes
+A sweep dir holds Hydra's multirun.yaml (the sweep's overrides, what `-m resume=<sweep dir>` reads:
+trainer.sweep.resume) and adds summary.csv and summary.md (trainer.sweep.summary); `trainer.compare` writes
 compare.png. A new file in the run dir gets its name here, and its reader here too.
 """
 
@@ -41,6 +42,7 @@ CONFIG = f"{HYDRA}/config.yaml"
 OVERRIDES = f"{HYDRA}/overrides.yaml"
 HYDRA_YAML = f"{HYDRA}/hydra.yaml"
 
+MULTIRUN_YAML = "multirun.yaml"  # a sweep's config and overrides (Hydra)
 SWEEP_CSV = "summary.csv"
 SWEEP_MD = "summary.md"
 SWEEP_LOCK = ".summary.lock"
