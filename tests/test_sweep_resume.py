@@ -173,7 +173,8 @@ def test_a_diverged_job_continues_from_its_last_good_checkpoint(trainer_here, tm
     diverged = first.stderr.strip().splitlines()[-1]
     assert "training diverged at step" in diverged
     step = torch.load(tmp_path / "s" / "1" / rundir.CKPT, weights_only=True)["step"]
-    r = trainer_here("-m", "resume=s")  # the same config goes the same way, from the same checkpoint
+    r = trainer_here("resume=s")  # a sweep dir: resumed as a sweep, -m or not
+    # the same config goes the same way, from the same checkpoint
     assert r.returncode == 3
     assert f"job 0 finished (left untouched); job 1 continues from step {step}" in r.stdout
     assert r.stderr.strip().splitlines()[-1] == diverged
