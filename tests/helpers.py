@@ -8,8 +8,10 @@ import contextlib
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,29 @@ def run_module(module: str, *args: str, cwd: Path, env: dict[str, str],
     """`python -m module args...` in a child process, as a user types it."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def start_module(module: str, *args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`python -m module args...` in the background, in a session of its own, so that kill() takes
+    what it started (a launcher's worker processes) along with it, as a lost node would."""
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 60.0, poll: float = 0.001) -> bool:
+    """True once predicate() holds; False if the process ended (or the time ran out) first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started by start_module, and every process of its session."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @dataclass

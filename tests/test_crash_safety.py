@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, losses, metrics
+from helpers import TINY, kill, losses, metrics, start_module, wait_for
 
 from trainer import rundir
 from trainer.rundir import read_metrics
@@ -21,20 +19,6 @@ from trainer.rundir import read_metrics
 ARGS = [*TINY, "d_model=128", "num_blocks=4", "num_heads=4", "max_iters=60", "eval_interval=5",
         "checkpoint_interval=1", "lr_schedule=cosine", "warmup_iters=5"]
 RUN = "outputs/crash/run"  # where resume=auto looks: outputs/<date>/<time>
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 60.0, poll: float = 0.001) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return False
-
-
-def kill(proc: subprocess.Popen) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def loads_safely(run: Path) -> int:
@@ -47,8 +31,7 @@ def loads_safely(run: Path) -> int:
 @pytest.mark.slow
 def test_sigkill_at_any_moment_loses_nothing_and_resume_finishes_the_run(cli, env, tmp_path):
     def start(*args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=tmp_path, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return start_module("trainer", *args, cwd=tmp_path, env=env)
 
     run = tmp_path / RUN
     ckpt = run / rundir.CKPT

@@ -10,7 +10,9 @@ cannot wait for that, so `prepare` adds overrides for them first:
 - `resume=...` continues the original run in place, with its dir and its overrides: the
   checkpoint is read now (trainer.resume), so a bad one fails before Hydra writes anything, and
   is handed on to the training run in `Invocation.resume`;
-- a sweep's jobs are named by what varies between them (trainer.sweep.overrides).
+- a sweep's jobs are named by what varies between them (trainer.sweep.overrides);
+- `-m resume=<sweep dir>` runs that sweep again in its dir, with its overrides, finishing the jobs
+  it left (trainer.sweep.resume).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from trainer import rundir
 from trainer.distributed import env_rank, world_size
 from trainer.errors import UserError
 from trainer.resume import ResumePoint
+from trainer.sweep import resume as sweep_resume
 from trainer.sweep.overrides import is_sweep, sweep_overrides
 
 # Flags with which Hydra only prints (help, the config, info): no run, so no run dir.
@@ -74,12 +77,15 @@ def prepare(argv: list[str]) -> Invocation:
     if any(a.split("=")[0] in NO_RUN_FLAGS for a in argv):
         return Invocation(argv)
     overrides = [a for a in argv if not a.startswith("-")]
-    multirun = "-m" in argv or "--multirun" in argv or is_sweep(overrides)
+    resume = value_of(overrides, "resume")
+    multirun = "-m" in argv or "--multirun" in argv or is_sweep(overrides) or \
+        bool(resume and sweep_resume.is_sweep_dir(resume))
     if multirun and world_size() > 1:
         raise UserError("--multirun under torchrun: launch one torchrun per sweep job instead "
                         "(e.g. hydra/launcher=submitit_slurm), or run the sweep without torchrun")
-    resume = value_of(overrides, "resume")
-    if resume and not multirun:
+    if resume and multirun:
+        return Invocation(sweep_resume.prepare_argv(argv, overrides, resume))
+    if resume:
         return _resuming(argv, overrides, resume)
     if env_rank() > 0:  # torchrun: only rank 0 owns a run dir
         return Invocation(argv + ["hydra.run.dir=.", *QUIET_RANK])

@@ -21,12 +21,13 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer import rundir
-from trainer.argv import Invocation, prepare
+from trainer.argv import Invocation, prepare, value_of
 from trainer.config import CONF_DIR, register_configs
 from trainer.distributed import env_rank
 from trainer.errors import UserError, one_line
 from trainer.replicates import point_of
 from trainer.run import RunInfo
+from trainer.sweep import resume as sweep_resume
 from trainer.sweep.threads import parallel_jobs
 from trainer.train import train
 
@@ -89,6 +90,11 @@ def main(argv: Optional[list[str]] = None) -> None:
                 invocation.remove_unused_dirs()
             raise
         fail(one_line(e), e.exit_code if isinstance(e, UserError) else 2, invocation)
+    except KeyboardInterrupt:  # a sweep's Ctrl-C (a single run's ends in Task): one line, how to go on
+        sweep_dir = value_of(invocation.argv, "hydra.sweep.dir") if invocation and not full_error else None
+        if not sweep_dir:
+            raise
+        fail(sweep_resume.interrupted(sweep_dir), 130, invocation)
     finally:
         _restore_env("HYDRA_FULL_ERROR", "1" if full_error else previous)
 

@@ -61,11 +61,15 @@ class ResumePoint:
 
     def overrides(self) -> list[str]:
         """The overrides that put this invocation back in the run, before the user's own."""
+        return [*self.config_overrides(), f"resume={self.path}", f"hydra.run.dir={self.run_dir}",
+                "hydra.output_subdir=null"]
+
+    def config_overrides(self) -> list[str]:
+        """The config the run last trained with: its own overrides, then what earlier resumes changed."""
         saved = self.run_dir / rundir.OVERRIDES
         original = [o for o in OmegaConf.load(saved) if not o.startswith(("resume=", "hydra"))] \
             if saved.exists() else []
-        return [*original, *changed_since_start(self.run_dir, self.state),
-                f"resume={self.path}", f"hydra.run.dir={self.run_dir}", "hydra.output_subdir=null"]
+        return [*original, *changed_since_start(self.run_dir, self.state)]
 
     def check_world_size(self, world_size: int) -> None:
         """Each rank resumes its own RNG states, so a distributed run resumes with as many ranks as it had."""

@@ -13,7 +13,8 @@
     ├── train.log                       the log                         (Hydra's job logging)
     └── wandb/                          W&B's files, when enabled       (trainer.tracking)
 
-A sweep dir adds summary.csv, jobs.csv and summary.md (trainer.sweep.summary); `trainer.compare` writes
+A sweep dir holds Hydra's multirun.yaml (the sweep's overrides, what `-m resume=<sweep dir>` reads:
+trainer.sweep.resume) and adds summary.csv, jobs.csv and summary.md (trainer.sweep.summary); `trainer.compare` writes
 compare.png. A new file in the run dir gets its name here, and its reader here too.
 """
 
@@ -45,6 +46,7 @@ CONFIG = f"{HYDRA}/config.yaml"
 OVERRIDES = f"{HYDRA}/overrides.yaml"
 HYDRA_YAML = f"{HYDRA}/hydra.yaml"
 
+MULTIRUN_YAML = "multirun.yaml"  # a sweep's config and overrides (Hydra)
 SWEEP_CSV = "summary.csv"  # one row per point (seed replicates together: trainer.replicates)
 SWEEP_JOBS_CSV = "jobs.csv"  # one row per job
 SWEEP_MD = "summary.md"
