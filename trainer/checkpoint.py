@@ -48,6 +48,7 @@ def save_run(run: Run, elapsed_s: float) -> None:
         "wandb_run_id": run.wandb_id,
         "elapsed_s": elapsed_s,
         "config": OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True),
+        "provenance": run.provenance,  # resuming with other code warns (trainer.provenance)
     }, run.dir / CKPT)
 
 

@@ -92,13 +92,21 @@ def _cell(value: Any, spec: str = "") -> str:
     return str(value)
 
 
+def from_different_commits(runs: list[Run]) -> bool:
+    """Whether the runs' code differs (as far as their provenance tells: unknown commits don't count)."""
+    return len({r.commit for r in runs if r.commit}) > 1
+
+
 def table(runs: list[Run], keys: list[str]) -> str:
-    header = ["run", *keys, "best valid", "final valid", "steps", "tokens/s", "status"]
-    rows = [[r.name, *[_cell(r.config.get(k)) for k in keys], _cell(r.best_valid_loss, ".4f"),
-             _cell(r.final_valid_loss, ".4f"), _cell(r.steps), _cell(r.tokens_per_s, ",.0f"), r.status]
+    """One row per run; a `commit` column when the runs came from different code."""
+    commit = ["commit"] if from_different_commits(runs) else []
+    header = ["run", *keys, *commit, "best valid", "final valid", "steps", "tokens/s", "status"]
+    rows = [[r.name, *[_cell(r.config.get(k)) for k in keys], *[_cell(r.commit) for _ in commit],
+             _cell(r.best_valid_loss, ".4f"), _cell(r.final_valid_loss, ".4f"), _cell(r.steps),
+             _cell(r.tokens_per_s, ",.0f"), r.status]
             for r in runs]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    numeric = [False] + [False] * len(keys) + [True] * 4 + [False]
+    numeric = [False] * (1 + len(keys) + len(commit)) + [True] * 4 + [False]
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric, strict=True)).rstrip()

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
+from trainer import provenance
 from trainer.config import h_params_of, plain
 from trainer.data import BatchSampler, Corpus, fixed_eval_windows, load_corpus
 from trainer.device import autocast_dtype, configure
@@ -36,6 +37,7 @@ class RunInfo:
     group: str = ""  # the sweep this job belongs to ("" for a single run)
     name: str = ""  # the job's overrides, e.g. "learning_rate=0.0003"
     parallel_jobs: int = 1  # jobs running side by side on this machine
+    command: Optional[list[str]] = None  # the user's arguments to `python -m trainer`, as typed (provenance)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Run:
     elapsed_before: float = 0.0  # seconds trained before this process (by the runs it resumes)
     wandb_id: Optional[str] = None
     resumed_at: Optional[int] = None  # the step this process resumed at: evaluated and saved already
+    provenance: dict[str, Any] = field(default_factory=dict)  # which code and machine (trainer.provenance)
 
     @property
     def effective_batch(self) -> int:
@@ -106,6 +109,7 @@ def build_run(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.devic
               eval_sets=_eval_sets(cfg, corpus, h["effective_batch_size"]),
               amp=autocast_dtype(device, plain(cfg.dtype)),
               rows_per_forward=eval_rows_per_forward(device, cfg.context_length, corpus.vocab_size))
+    run.provenance = provenance.collect(device, threads, info.command)
     if resume is not None:
         resume.restore(run)
     run.train_model, run.eval_model = _wrapped(run)

@@ -6,7 +6,7 @@
     ├── .hydra/hydra.yaml               Hydra's settings: job number, name (Hydra)
     ├── model.ckpt                      the latest checkpoint           (trainer.checkpoint)
     ├── metrics.jsonl                   one JSON row per eval           (trainer.tracking)
-    ├── summary.json                    best/final losses, when it ends (trainer.cli)
+    ├── summary.json                    best/final losses and the provenance, when it ends (trainer.cli)
     ├── error.txt                       a failed sweep job's one line   (trainer.sweep.summary)
     ├── train.log                       the log                         (Hydra's job logging)
     └── wandb/                          W&B's files, when enabled       (trainer.tracking)
@@ -184,6 +184,15 @@ class RunRecord:
     @property
     def steps(self) -> Optional[int]:
         return self.summary.get("steps") if self.summary else self._last("step")
+
+    @property
+    def commit(self) -> Optional[str]:
+        """The code's commit (summary.json's provenance), 8 hex digits, "-dirty" with uncommitted
+        changes; None when unknown (no git, or a run that has not finished)."""
+        prov = self.summary.get("provenance") or {}
+        if not prov.get("commit"):
+            return None
+        return prov["commit"][:8] + ("-dirty" if prov.get("dirty") else "")
 
 
 def read_run(run_dir: Path, still_running: bool = False) -> RunRecord:

@@ -42,7 +42,8 @@ class Trackers:
             return
         self.metrics = self._stack.enter_context(open(run.dir / rundir.METRICS, "a"))
         if run.cfg.wandb.enabled:
-            self.wandb = WandbRun(run.cfg.wandb, run.dir, run.h, group=info.group, name=info.name or run.dir.name,
+            config = {**run.h, "provenance": run.provenance}  # the flat h_params, and which code made them
+            self.wandb = WandbRun(run.cfg.wandb, run.dir, config, group=info.group, name=info.name or run.dir.name,
                                   resume_id=run.wandb_id)
             run.wandb_id = self.wandb.id
         log.info(headline)
