@@ -51,6 +51,9 @@ class WandbConfig:
     group: Optional[str] = None  # null = the sweep's dir name, so one sweep is one group
     name: Optional[str] = None  # null = the job's overrides, e.g. "learning_rate=0.0003"
     tags: list[str] = field(default_factory=list)
+    # samples and checkpoints in W&B (trainer.samples)
+    samples: int = 2  # generations from fixed valid-split prompts at each eval, into a W&B Table and samples.md; 0 = off
+    log_checkpoints: bool = False  # upload model.ckpt (alias latest) and best.ckpt (alias best) as an artifact at the end
 
 
 @dataclass
@@ -160,6 +163,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.grad_clip >= 0, "grad_clip", "must be zero (off) or positive")
     need(0.0 < cfg.train_split < 1.0, "train_split", "must be between 0 and 1")
     need(cfg.warmup_iters <= cfg.max_iters, "warmup_iters", f"must not exceed max_iters={cfg.max_iters}")
+    need(cfg.wandb.samples >= 0, "wandb.samples", "must be zero (off) or a positive number of prompts")
     mode = cfg.wandb.mode
     need(mode in (None, "online", "offline", "disabled"), "wandb.mode",
          "must be online, offline, disabled or null")

@@ -36,7 +36,8 @@ class Trackers:
 
     def __init__(self, run: Run, info: RunInfo, headline: str):
         self.on = run.dist.is_main
-        self.metrics, self.wandb, self.bar = None, None, None
+        self.metrics, self.wandb, self.bar, self.samples = None, None, None, None
+        self.dir, self.log_checkpoints = run.dir, run.cfg.wandb.log_checkpoints
         self._stack = contextlib.ExitStack()
         if not self.on:
             return
@@ -46,6 +47,10 @@ class Trackers:
             self.wandb = WandbRun(run.cfg.wandb, run.dir, config, group=info.group, name=info.name or run.dir.name,
                                   resume_id=run.wandb_id)
             run.wandb_id = self.wandb.id
+            if run.cfg.wandb.samples:
+                from trainer.samples import Samples
+
+                self.samples = Samples(run, run.cfg.wandb.samples, self.wandb)
         log.info(headline)
         show_bar = run.cfg.progress if run.cfg.progress is not None else sys.stderr.isatty()
         if show_bar:
@@ -71,6 +76,8 @@ class Trackers:
         self.metrics.flush()
         if self.wandb:
             self.wandb.log(row)
+        if self.samples:
+            self.samples.add(row["step"])
 
     def step(self, loss: float, tokens_per_s: float, mfu: Optional[float]) -> None:
         if self.bar is not None:
@@ -82,6 +89,8 @@ class Trackers:
 
     def close(self, exit_code: int, summary: dict[str, Any]) -> None:
         self._stack.close()
+        if self.wandb and self.log_checkpoints:  # a failed run's too: its last good checkpoint
+            self.wandb.log_checkpoints(self.dir)
         if self.wandb:  # a failed run still reports the best valid loss it reached
             self.wandb.finish(exit_code, summary)
 
@@ -134,6 +143,23 @@ class WandbRun:
 
     def log(self, row: dict[str, Any]) -> None:
         self.run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def log_checkpoints(self, run_dir: Path) -> None:
+        """The run's checkpoints as versions of one artifact, `model-<run id>` (type model), each file
+        named model.ckpt inside (so `trainer.generate` reads a downloaded version as it is): best.ckpt,
+        when the run keeps one, with the alias `best`, then model.ckpt with `latest`, last, since W&B
+        gives `latest` to the newest version. Identical files make one version with both aliases.
+        Offline, the artifact is recorded in the offline run (its files staged for `wandb sync`)."""
+        for name, alias in ((rundir.BEST_CKPT, "best"), (rundir.CKPT, "latest")):
+            path = Path(run_dir) / name
+            if not path.is_file():
+                continue
+            try:
+                artifact = self.wandb.Artifact(f"model-{self.id}", type="model", metadata={"file": name})
+                artifact.add_file(str(path), name=rundir.CKPT)
+                self.run.log_artifact(artifact, aliases=[alias])
+            except Exception as e:  # an upload must never fail a run that trained
+                log.warning("W&B: %s not logged as an artifact: %s", name, str(e).splitlines()[0] if str(e) else e)
 
     def finish(self, exit_code: int, summary: dict[str, Any]) -> None:
         for k, v in summary.items():
