@@ -25,6 +25,7 @@ from trainer.argv import Invocation, prepare
 from trainer.config import CONF_DIR, register_configs
 from trainer.distributed import env_rank
 from trainer.errors import UserError, one_line
+from trainer.plan import previewed
 from trainer.run import RunInfo
 from trainer.sweep.threads import parallel_jobs
 from trainer.train import train
@@ -79,6 +80,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     invocation = None
     try:
         args = sys.argv[1:] if argv is None else list(argv)
+        if previewed(args):  # plan=true: the jobs' sizes and times, nothing trained or written
+            return
         invocation = prepare(args)
         invocation.typed = args  # the provenance's command line: the user's, not ours
         sys.argv = [sys.argv[0], *invocation.argv]  # what hydra.main parses

@@ -100,10 +100,12 @@ class TrainConfig:
     resume: Optional[str] = None  # a run dir, a checkpoint file, or "auto"
     progress: Optional[bool] = None  # null = a progress bar when attached to a terminal
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    # sweep preview (trainer.plan)
+    plan: bool = False  # print each job's size, FLOPs and estimated time, then exit without training
 
 
 # Root keys that steer the tooling, not the model or its training: kept out of h_params.
-NOT_H_PARAMS = frozenset({"resume", "progress", "checkpoint_interval", "wandb", "num_threads"})
+NOT_H_PARAMS = frozenset({"resume", "progress", "checkpoint_interval", "wandb", "num_threads", "plan"})
 
 
 def register_configs() -> None:
