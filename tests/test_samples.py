@@ -26,8 +26,7 @@ STEPS = [0, 0, 5, 5, 10, 10, 15, 15, 20, 20]  # two prompts at each eval
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("samples")
-    # No key, no netrc: offline. W&B stages artifact files under its data dir: keep them in here.
-    env = trainer_env(cache_dir, NETRC=str(root / "no-netrc"), WANDB_DATA_DIR=str(root / "wandb-data"))
+    env = trainer_env(cache_dir, NETRC=str(root / "no-netrc"))  # no key, no netrc: offline
 
     def start(*args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=root, env=env, text=True,
