@@ -30,10 +30,12 @@ TINY = ["d_model=32", "num_blocks=2", "num_heads=2", "context_length=32", "batch
 
 def trainer_env(cache_dir: Path, **extra: str) -> dict[str, str]:
     """The environment a child process trains in: this checkout's trainer first on the path, the
-    session's tokenizer cache, and no W&B, Hydra or torchrun settings leaking in from outside."""
+    session's tokenizer cache (and W&B's staging dir for offline tables and artifacts beside it, not
+    in the home dir), and no W&B, Hydra or torchrun settings leaking in from outside."""
     e = {k: v for k, v in os.environ.items()
          if not k.startswith(("WANDB_", "HYDRA_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     e.update(TRAINER_CACHE_DIR=str(cache_dir), WANDB_SILENT="true", PYTHONUNBUFFERED="1",
+             WANDB_DATA_DIR=str(Path(cache_dir) / "wandb-data"),
              PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     e.update(extra)
     return e

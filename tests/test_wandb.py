@@ -76,8 +76,19 @@ def test_config_is_the_flat_h_params_with_each_jobs_learning_rate_and_point(wand
         assert run.config["point"] == point  # "Group by point" in the dashboard puts replicates together
         assert run.config["d_model"] == 32 and run.config["batch_size"] == 4 and run.config["device"] == "cpu"
         assert "wandb" not in run.config and "resume" not in run.config
-        assert not any(isinstance(v, dict) for v in run.config.values())  # the book's flat names
+        h_params = {k: v for k, v in run.config.items() if k != "provenance"}
+        assert not any(isinstance(v, dict) for v in h_params.values())  # the book's flat names
     assert [r.config["TORCH_SEED"] for r in runs_of(jobs)] == [1, 2, 1, 2]
+
+
+def test_config_carries_the_provenance_as_summary_json_does(wandb_sweep):
+    *_, jobs = wandb_sweep
+    for job, run in zip(jobs[2:], runs_of(jobs[2:]), strict=True):
+        prov = json.loads((job / rundir.SUMMARY).read_text())["provenance"]
+        assert run.config["provenance"] == prov
+        assert prov["command"] == "python -m trainer -m learning_rate=1e30,1e-3 TORCH_SEED=1,2 " + " ".join(TINY) + \
+            " wandb.enabled=true"  # as typed: no sweep dir or job names that trainer.argv adds
+        assert prov["threads"] == 1 and prov["device"] == "cpu"
 
 
 def test_history_has_every_eval_at_its_step_as_in_metrics_jsonl(wandb_sweep):

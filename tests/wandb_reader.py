@@ -4,6 +4,10 @@ The file is a LevelDB-style log: a 7-byte header (b":W&B", magic 0xBEE1 as u16, 
 then 32 KiB blocks of records `[crc32 u32][length u16][type u8][payload]`; a record that does
 not fit in a block is split into FIRST, MIDDLE..., LAST pieces, and a block's last < 7 bytes
 are zero padding. Each assembled payload is a protobuf `wandb_internal_pb2.Record`.
+
+A logged Table is a history value `{"_type": "table-file", "path": "media/table/..."}` whose JSON
+file lies in the offline run's `files/` dir (`OfflineRun.table`); a logged artifact is an
+`artifact` record with its name, type, aliases and manifest (`OfflineRun.artifacts`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,20 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
     step_metrics: dict[str, str] = field(default_factory=dict)  # define_metric's: name -> its x-axis ("" = none)
     exit_code: Optional[int] = None  # None: the run was never finished
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    def table(self, key: str) -> dict[str, Any]:
+        """The last version of the Table logged under `key`: {"columns": [...], "data": [[...], ...]}."""
+        path = [h[f"{key}/path"] for h in self.history if h.get(f"{key}/_type") == "table-file"][-1]
+        return json.loads((self.path.parent / "files" / path).read_text())
+
+
+@dataclass
+class Artifact:
+    name: str
+    type: str
+    aliases: list[str]
+    files: dict[str, Path]  # its path inside the artifact -> the local (staged) copy
 
 
 def records(path: Path) -> Iterator[Any]:
@@ -92,6 +110,10 @@ def read_run(path: Path) -> OfflineRun:
             run.step_metrics[rec.metric.name] = rec.metric.step_metric
         elif kind == "exit":
             run.exit_code = rec.exit.exit_code
+        elif kind == "artifact":
+            a = rec.artifact
+            run.artifacts.append(Artifact(a.name, a.type, list(a.aliases),
+                                          {c.path: Path(c.local_path) for c in a.manifest.contents}))
     run.config.pop("_wandb", None)
     return run
 

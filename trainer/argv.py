@@ -47,6 +47,7 @@ class Invocation:
     argv: list[str]  # the command line Hydra parses
     fresh_dirs: list[Path] = field(default_factory=list)  # the run dir made for this run, then its new parents
     resume: Optional[ResumePoint] = None  # the checkpoint `resume=` names, already read
+    typed: Optional[list[str]] = None  # the command line as the user typed it (for trainer.provenance)
 
     def remove_unused_dirs(self) -> None:
         """A run that failed before training leaves no dir behind (only ever the ones made for it)."""

@@ -52,6 +52,7 @@ def save_run(run: Run, elapsed_s: float) -> None:
         "evals_since_best": run.evals_since_best,
         "stopped": run.stopped,  # why the run ended here (max_iters, max_time, ...), None while it goes on
         "config": OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True),
+        "provenance": run.provenance,  # resuming with other code warns (trainer.provenance)
     }, run.dir / CKPT)
 
 

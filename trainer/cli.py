@@ -25,6 +25,7 @@ from trainer.argv import Invocation, prepare, value_of
 from trainer.config import CONF_DIR, register_configs
 from trainer.distributed import env_rank
 from trainer.errors import UserError, one_line
+from trainer.plan import previewed
 from trainer.replicates import point_of
 from trainer.run import RunInfo
 from trainer.sweep import resume as sweep_resume
@@ -50,7 +51,7 @@ class Task:
         run_dir = Path(hc.runtime.output_dir)
         single = hc.mode != RunMode.MULTIRUN and not self.full_error
         try:
-            summary = train(cfg, run_dir, run_info(hc), resume=self.invocation.resume)
+            summary = train(cfg, run_dir, run_info(hc, self.invocation.typed), resume=self.invocation.resume)
         except UserError as e:
             if not single:
                 raise
@@ -65,11 +66,11 @@ class Task:
         return summary["best_valid_loss"]
 
 
-def run_info(hc: DictConfig) -> RunInfo:
+def run_info(hc: DictConfig, command: Optional[list[str]] = None) -> RunInfo:
     multirun = hc.mode == RunMode.MULTIRUN
     group = "_".join(Path(hc.sweep.dir).parts[-2:]) if multirun else ""
     return RunInfo(group=group, name=hc.job.override_dirname, point=point_of(hc.job.override_dirname),
-                   parallel_jobs=parallel_jobs(hc) if multirun else 1)
+                   parallel_jobs=parallel_jobs(hc) if multirun else 1, command=command)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -80,7 +81,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then lets errors reach us, to be printed as one line
     invocation = None
     try:
-        invocation = prepare(sys.argv[1:] if argv is None else argv)
+        args = sys.argv[1:] if argv is None else list(argv)
+        if previewed(args):  # plan=true: the jobs' sizes and times, nothing trained or written
+            return
+        invocation = prepare(args)
+        invocation.typed = args  # the provenance's command line: the user's, not ours
         sys.argv = [sys.argv[0], *invocation.argv]  # what hydra.main parses
         task = Task(invocation, full_error)
         hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(task)()

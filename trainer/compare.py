@@ -99,6 +99,11 @@ def _cell(value: Any, spec: str = "") -> str:
     return str(value)
 
 
+def from_different_commits(runs: list[Run]) -> bool:
+    """Whether the runs' code differs (as far as their provenance tells: unknown commits don't count)."""
+    return len({r.commit for r in runs if r.commit}) > 1
+
+
 def render(header: list[str], rows: list[list[str]], numeric: list[bool]) -> str:
     """A plain-text table, numbers right-aligned."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
@@ -120,15 +125,17 @@ def _mark(p: Point, top: Point) -> str:
 
 
 def table(runs: list[Run], keys: list[str]) -> str:
-    """One row per run: its differing keys, final valid loss ± its standard error, ≈ when within
-    2 standard errors of the best run, best valid loss, steps, speed, status."""
+    """One row per run: its differing keys (and a `commit` column when the runs came from different
+    code), final valid loss ± its standard error, ≈ when within 2 standard errors of the best run,
+    best valid loss, steps, speed, status."""
     marks = {p.name: p for p in _points(runs, name=lambda r: r.name)}
     top = min(marks.values(), key=lambda p: (p.final_mean is None, p.final_mean or 0.0))
-    header = ["run", *keys, "final valid", "± SE", "≈", "best valid", "steps", "tokens/s", "status"]
-    rows = [[r.name, *[_cell(r.config.get(k)) for k in keys], _cell(r.final_valid_loss, ".4f"),
-             _cell(r.final_valid_loss_se, ".4f"), _mark(marks[r.name], top), _cell(r.best_valid_loss, ".4f"),
-             _cell(r.steps), _cell(r.tokens_per_s, ",.0f"), r.status] for r in runs]
-    return render(header, rows, [False] * (1 + len(keys)) + [True, True, False, True, True, True, False])
+    commit = ["commit"] if from_different_commits(runs) else []
+    header = ["run", *keys, *commit, "final valid", "± SE", "≈", "best valid", "steps", "tokens/s", "status"]
+    rows = [[r.name, *[_cell(r.config.get(k)) for k in keys], *[_cell(r.commit) for _ in commit],
+             _cell(r.final_valid_loss, ".4f"), _cell(r.final_valid_loss_se, ".4f"), _mark(marks[r.name], top),
+             _cell(r.best_valid_loss, ".4f"), _cell(r.steps), _cell(r.tokens_per_s, ",.0f"), r.status] for r in runs]
+    return render(header, rows, [False] * (1 + len(keys) + len(commit)) + [True, True, False, True, True, True, False])
 
 
 def points_table(points: list[Point]) -> str:
@@ -217,7 +224,7 @@ def compare(paths: list[str], out: Optional[str] = None, plot_curves: bool = Tru
         r.point = ", ".join(f"{k}={r.config.get(k)}" for k in keys if k != SEED_KEY)
     runs.sort(key=sort_key)
     points = _points(runs, name=lambda r: r.point)
-    replicated = has_replicates(points)
+    replicated = SEED_KEY in keys and has_replicates(points)  # the same point, other seeds
     text = (points_table(points) + "\n\n" if replicated else "") + table(runs, keys) + "\n\n" + \
         _best_line(runs, points, replicated)
     png = None

@@ -51,6 +51,9 @@ class WandbConfig:
     group: Optional[str] = None  # null = the sweep's dir name, so one sweep is one group
     name: Optional[str] = None  # null = the job's overrides, e.g. "learning_rate=0.0003"
     tags: list[str] = field(default_factory=list)
+    # samples and checkpoints in W&B (trainer.samples)
+    samples: int = 2  # generations from fixed valid-split prompts at each eval, into a W&B Table and samples.md; 0 = off
+    log_checkpoints: bool = False  # upload model.ckpt (alias latest) and best.ckpt (alias best) as an artifact at the end
 
 
 @dataclass
@@ -102,10 +105,12 @@ class TrainConfig:
     resume: Optional[str] = None  # a run dir, a checkpoint file, or "auto"
     progress: Optional[bool] = None  # null = a progress bar when attached to a terminal
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    # sweep preview (trainer.plan)
+    plan: bool = False  # print each job's size, FLOPs and estimated time, then exit without training
 
 
 # Root keys that steer the tooling, not the model or its training: kept out of h_params.
-NOT_H_PARAMS = frozenset({"resume", "progress", "checkpoint_interval", "wandb", "num_threads"})
+NOT_H_PARAMS = frozenset({"resume", "progress", "checkpoint_interval", "wandb", "num_threads", "plan"})
 
 
 def register_configs() -> None:
@@ -166,6 +171,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.grad_clip >= 0, "grad_clip", "must be zero (off) or positive")
     need(0.0 < cfg.train_split < 1.0, "train_split", "must be between 0 and 1")
     need(cfg.warmup_iters <= cfg.max_iters, "warmup_iters", f"must not exceed max_iters={cfg.max_iters}")
+    need(cfg.wandb.samples >= 0, "wandb.samples", "must be zero (off) or a positive number of prompts")
     mode = cfg.wandb.mode
     need(mode in (None, "online", "offline", "disabled"), "wandb.mode",
          "must be online, offline, disabled or null")

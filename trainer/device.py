@@ -138,7 +138,7 @@ def peak_flops(device: torch.device) -> Optional[float]:
     return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -158,7 +158,7 @@ def cpu_peak_flops(n: int = 1024, repeats: int = 8) -> float:
     from trainer.data import cache_dir  # the tokenizer's cache dir; imported here to keep this module light
 
     threads = torch.get_num_threads()
-    key = f"{_cpu_name()}|{os.cpu_count()} cores|one core|torch {torch.__version__}|n={n}"
+    key = f"{cpu_name()}|{os.cpu_count()} cores|one core|torch {torch.__version__}|n={n}"
     path = cache_dir() / "cpu-peak-flops.json"
     try:
         cached = json.loads(path.read_text())

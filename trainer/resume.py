@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainer import checkpoint, rundir
+from trainer import checkpoint, provenance, rundir
 from trainer.config import CONF_DIR, flatten
 from trainer.errors import UserError
 
@@ -108,6 +108,7 @@ class ResumePoint:
         run.wandb_id = s.get("wandb_run_id")
         if run.dist.is_main:  # the rows after the checkpoint are logged again, as the run redoes them
             rundir.keep_metrics_up_to(run.dir, run.step)
+            provenance.warn_if_code_changed(s.get("provenance"), run.provenance)
         self.state = {}
         log.info("Resuming from %s at step %d", self.path, run.step)
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from trainer import distributed
+from trainer import distributed, provenance
 from trainer.config import h_params_of, plain
 from trainer.data import BatchSampler, Corpus, fixed_eval_windows, load_corpus
 from trainer.device import autocast_dtype, configure
@@ -38,6 +38,7 @@ class RunInfo:
     name: str = ""  # the job's overrides, e.g. "learning_rate=0.0003,TORCH_SEED=2"
     point: str = ""  # the same without TORCH_SEED: its seed replicates share it (trainer.replicates)
     parallel_jobs: int = 1  # jobs running side by side on this machine
+    command: Optional[list[str]] = None  # the user's arguments to `python -m trainer`, as typed (provenance)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Run:
     tokens_before: int = 0  # training tokens seen up to resumed_at (from the checkpoint)
     evals_since_best: int = 0  # evals in a row that did not improve the best valid loss (early stopping)
     stopped: Optional[str] = None  # why the loop stops at this step (stop_reason), None while it goes on
+    provenance: dict[str, Any] = field(default_factory=dict)  # which code and machine (trainer.provenance)
 
     @property
     def effective_batch(self) -> int:
@@ -153,6 +155,7 @@ def build_run(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.devic
               eval_sets=_eval_sets(cfg, corpus, h["effective_batch_size"]),
               amp=autocast_dtype(device, plain(cfg.dtype)),
               rows_per_forward=eval_rows_per_forward(device, cfg.context_length, corpus.vocab_size))
+    run.provenance = provenance.collect(device, threads, info.command)
     if resume is not None:
         resume.restore(run)
     run.train_model, run.eval_model = _wrapped(run)

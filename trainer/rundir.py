@@ -7,8 +7,9 @@
     ├── model.ckpt                      the latest checkpoint           (trainer.checkpoint)
     ├── best.ckpt                       the best valid loss's weights   (trainer.checkpoint)
     ├── metrics.jsonl                   one JSON row per eval           (trainer.tracking)
-    ├── summary.json                    best/final losses, when it ends (trainer.cli)
+    ├── summary.json                    best/final losses and the provenance, when it ends (trainer.cli)
     ├── eval.json                       scores from `python -m trainer.evaluate`
+    ├── samples.md                      generations at each eval, with W&B on (trainer.samples)
     ├── error.txt                       a failed sweep job's one line   (trainer.sweep.summary)
     ├── train.log                       the log                         (Hydra's job logging)
     └── wandb/                          W&B's files, when enabled       (trainer.tracking)
@@ -34,10 +35,11 @@ OUTPUTS = Path("outputs")  # where run dirs go, relative to the working director
 MULTIRUN = "multirun"  # outputs/multirun/<date>/<time>/: one dir per sweep
 
 CKPT = "model.ckpt"  # the latest: what resume continues from
-BEST_CKPT = "best.ckpt"  # the weights at the lowest valid loss so far (not resumable)
+BEST_CKPT = "best.ckpt"  # the weights at the lowest valid loss so far (not resumable; W&B can upload it)
 EVAL = "eval.json"  # what `python -m trainer.evaluate` measured, by split, checkpoint and data
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+SAMPLES = "samples.md"
 ERROR = "error.txt"
 LOG = "train.log"  # named by hydra.job.name in conf/config.yaml
 WANDB = "wandb"
@@ -138,6 +140,53 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+# samples.md: an intro, then a Markdown table with one row per eval and prompt. The cells escape
+# `\\`, `|` and line breaks with a backslash, so that the rows read back exactly (a resumed run's table).
+SAMPLES_HEADER = "| step | prompt | sample |\n|---:|---|---|\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _cells(line: str) -> list[str]:
+    """A table line's cells, unescaped: `| 10 | a\\|b |` -> ["10", "a|b"]."""
+    cells, cell, chars = [], [], iter(line.strip()[1:])
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            cell.append({"n": "\n", "r": "\r"}.get(nxt, nxt))
+        elif ch == "|":
+            cells.append("".join(cell)[1:-1])  # the one space either side of the cell's text
+            cell = []
+        else:
+            cell.append(ch)
+    return cells
+
+
+def write_samples(run_dir: Path, intro: str, rows: list[tuple[int, str, str]]) -> None:
+    write_atomic(Path(run_dir) / SAMPLES, intro.rstrip() + "\n\n" + SAMPLES_HEADER)
+    append_samples(run_dir, rows)
+
+
+def append_samples(run_dir: Path, rows: list[tuple[int, str, str]]) -> None:
+    with open(Path(run_dir) / SAMPLES, "a", encoding="utf-8") as f:
+        f.writelines(f"| {step} | {_cell(prompt)} | {_cell(sample)} |\n" for step, prompt, sample in rows)
+
+
+def read_samples(run_dir: Path) -> list[tuple[int, str, str]]:
+    """samples.md's rows (step, prompt, sample), as written; [] without the file."""
+    path = Path(run_dir) / SAMPLES
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").split("\n"):  # not splitlines: a sample may hold \x0c or \u2028
+        cells = _cells(line) if line.startswith("| ") else []
+        if len(cells) == 3 and cells[0].isdigit():
+            rows.append((int(cells[0]), cells[1], cells[2]))
+    return rows
+
+
 def hydra_job(run_dir: Path) -> dict[str, Any]:
     """The `hydra.job` node of the run's hydra.yaml ({} before Hydra wrote it). Plain YAML,
     C-parsed: a sweep's summary reads every job's file after every job, and OmegaConf.load takes
@@ -213,6 +262,15 @@ class RunRecord:
     @property
     def steps(self) -> Optional[int]:
         return self.summary.get("steps") if self.summary else self._last("step")
+
+    @property
+    def commit(self) -> Optional[str]:
+        """The code's commit (summary.json's provenance), 8 hex digits, "-dirty" with uncommitted
+        changes; None when unknown (no git, or a run that has not finished)."""
+        prov = self.summary.get("provenance") or {}
+        if not prov.get("commit"):
+            return None
+        return prov["commit"][:8] + ("-dirty" if prov.get("dirty") else "")
 
 
 def read_run(run_dir: Path, still_running: bool = False) -> RunRecord:

@@ -35,16 +35,22 @@ class Trackers:
     """Every place an eval or a step is reported to (rank 0 only)."""
 
     def __init__(self, run: Run, info: RunInfo, headline: str):
-        self.on, self.dir = run.dist.is_main, run.dir
-        self.metrics, self.wandb, self.bar = None, None, None
+        self.on = run.dist.is_main
+        self.metrics, self.wandb, self.bar, self.samples = None, None, None, None
+        self.dir, self.log_checkpoints = run.dir, run.cfg.wandb.log_checkpoints
         self._stack = contextlib.ExitStack()
         if not self.on:
             return
         self.metrics = self._stack.enter_context(open(run.dir / rundir.METRICS, "a"))
         if run.cfg.wandb.enabled:
-            self.wandb = WandbRun(run.cfg.wandb, run.dir, {**run.h, "point": info.point}, group=info.group,
-                                  name=info.name or run.dir.name, resume_id=run.wandb_id)
+            config = {**run.h, "point": info.point, "provenance": run.provenance}  # + which code made them
+            self.wandb = WandbRun(run.cfg.wandb, run.dir, config, group=info.group, name=info.name or run.dir.name,
+                                  resume_id=run.wandb_id)
             run.wandb_id = self.wandb.id
+            if run.cfg.wandb.samples:
+                from trainer.samples import Samples
+
+                self.samples = Samples(run, run.cfg.wandb.samples, self.wandb)
         log.info(headline)
         show_bar = run.cfg.progress if run.cfg.progress is not None else sys.stderr.isatty()
         if show_bar:
@@ -70,6 +76,8 @@ class Trackers:
         self.metrics.flush()
         if self.wandb:
             self.wandb.log(row)
+        if self.samples:
+            self.samples.add(row["step"])
 
     def amend_last_row(self, fields: dict[str, Any]) -> None:
         """Fields for the last eval's row, known only once the loop is over (the whole-split scores)."""
@@ -91,6 +99,8 @@ class Trackers:
 
     def close(self, exit_code: int, summary: dict[str, Any]) -> None:
         self._stack.close()
+        if self.wandb and self.log_checkpoints:  # a failed run's too: its last good checkpoint
+            self.wandb.log_checkpoints(self.dir)
         if self.wandb:  # a failed run still reports the best valid loss it reached
             self.wandb.finish(exit_code, summary)
 
@@ -151,6 +161,23 @@ class WandbRun:
     def log_at_last_step(self, fields: dict[str, Any]) -> None:
         """More fields for the last logged step (W&B merges them into its row: steps never go back)."""
         self.run.log(fields, step=getattr(self, "last_step", 0))
+
+    def log_checkpoints(self, run_dir: Path) -> None:
+        """The run's checkpoints as versions of one artifact, `model-<run id>` (type model), each file
+        named model.ckpt inside (so `trainer.generate` reads a downloaded version as it is): best.ckpt,
+        when the run keeps one, with the alias `best`, then model.ckpt with `latest`, last, since W&B
+        gives `latest` to the newest version. Identical files make one version with both aliases.
+        Offline, the artifact is recorded in the offline run (its files staged for `wandb sync`)."""
+        for name, alias in ((rundir.BEST_CKPT, "best"), (rundir.CKPT, "latest")):
+            path = Path(run_dir) / name
+            if not path.is_file():
+                continue
+            try:
+                artifact = self.wandb.Artifact(f"model-{self.id}", type="model", metadata={"file": name})
+                artifact.add_file(str(path), name=rundir.CKPT)
+                self.run.log_artifact(artifact, aliases=[alias])
+            except Exception as e:  # an upload must never fail a run that trained
+                log.warning("W&B: %s not logged as an artifact: %s", name, str(e).splitlines()[0] if str(e) else e)
 
     def finish(self, exit_code: int, summary: dict[str, Any]) -> None:
         for k, v in summary.items():

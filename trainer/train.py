@@ -51,9 +51,10 @@ def train(cfg: DictConfig, run_dir: Path, info: Optional[RunInfo] = None,
     d, device = distributed.setup(device)
     try:
         run_dir = Path(distributed.broadcast(str(run_dir), d))  # rank 0's: the only dir this job has
-        summary = fit_and_report(build_run(cfg, run_dir, info, device, d, resume), info)
+        run = build_run(cfg, run_dir, info, device, d, resume)
+        summary = fit_and_report(run, info)
         distributed.barrier(d)  # no rank leaves while another still talks to it (gloo aborts otherwise)
-        return summary
+        return {**summary, "provenance": run.provenance}
     finally:
         distributed.teardown(d)
 
