@@ -33,14 +33,11 @@ def cli(tmp_path, env):
 
 
 @pytest.fixture
-def trainer_here(tmp_path, cache_dir, monkeypatch):
+def trainer_here(tmp_path, cache_dir):
     """Run `python -m trainer args...` in this process, in tmp_path (or cwd=...): for what needs no
-    process of its own (argv handling, config checks, one-line errors)."""
-    for key in ("WANDB_MODE", "HYDRA_FULL_ERROR", "RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("TRAINER_CACHE_DIR", str(cache_dir))
+    process of its own (argv handling, config checks, one-line errors, most training checks)."""
 
     def run(*args: str, cwd: Path | None = None) -> Result:
-        return run_in_process(*args, cwd=cwd or tmp_path)
+        return run_in_process(*args, cwd=cwd or tmp_path, cache_dir=cache_dir)
 
     return run

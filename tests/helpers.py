@@ -98,11 +98,18 @@ def call_main(main, *args: str, cwd: Path) -> Result:
     return Result(code, out.getvalue(), err.getvalue())
 
 
-def run_in_process(*args: str, cwd: Path) -> Result:
-    """`python -m trainer args...` in this process."""
+def run_in_process(*args: str, cwd: Path, cache_dir: Path) -> Result:
+    """`python -m trainer args...` in this process, with the environment a child would get from
+    trainer_env (the session's tokenizer cache; no W&B mode or HYDRA_FULL_ERROR), put back after."""
+    import pytest
+
     from trainer.cli import main
 
-    return call_main(main, *args, cwd=cwd)
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("WANDB_MODE", "HYDRA_FULL_ERROR"):
+            mp.delenv(key, raising=False)
+        mp.setenv("TRAINER_CACHE_DIR", str(cache_dir))
+        return call_main(main, *args, cwd=cwd)
 
 
 # ----------------------------------------------------------------------------- reading results

@@ -33,9 +33,7 @@ class Evil:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, cache_dir) -> Path:
     ws = tmp_path_factory.mktemp("workspace")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRAINER_CACHE_DIR", str(cache_dir))
-        done = run_in_process(*TINY, "max_iters=2", f"hydra.run.dir={RUN}", cwd=ws)
+    done = run_in_process(*TINY, "max_iters=2", f"hydra.run.dir={RUN}", cwd=ws, cache_dir=cache_dir)
     assert done.returncode == 0, done.stderr
     good = (ws / RUN / rundir.CKPT).read_bytes()
     (ws / "truncated.ckpt").write_bytes(good[: len(good) // 2])

@@ -84,11 +84,11 @@ def test_compact_model_loss_is_the_full_vocabulary_loss(cli, tmp_path):
     assert ours["loss"] == pytest.approx(reference, rel=1e-5)
 
 
-def test_a_variant_is_scored_with_its_own_checkouts_model(cli, env, tmp_path):
+def test_a_variant_is_scored_with_its_own_checkouts_model(trainer_here, env, tmp_path):
     """Scoring runs in a child that imports the given checkout's trainer, even though the bench
     itself (and this test) imported this checkout's: a copy whose GPT shifts its logits scores
     the same checkpoint differently, and this checkout's child agrees with the in-process reading."""
-    out = cli(*TINY)
+    out = trainer_here(*TINY)
     assert out.returncode == 0, out.stderr
     ckpt = run_dirs(tmp_path)[0] / CKPT
     other = tmp_path / "other"

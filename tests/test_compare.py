@@ -28,9 +28,7 @@ def runs(tmp_path_factory, cache_dir):
     env = trainer_env(cache_dir)
     proc = run_module("trainer", "-m", "learning_rate=3e-3,1e-3,1e-4", *TINY, cwd=root, env=env)
     assert proc.returncode == 0, proc.stderr
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRAINER_CACHE_DIR", str(cache_dir))
-        proc = run_in_process(*TINY, "learning_rate=2e-3", "max_iters=10", cwd=root)
+    proc = run_in_process(*TINY, "learning_rate=2e-3", "max_iters=10", cwd=root, cache_dir=cache_dir)
     assert proc.returncode == 0, proc.stderr
     (single,) = run_dirs(root)
     return root, env, sweep_dir(root), single
@@ -73,7 +71,8 @@ def test_runs_within_two_standard_errors_of_the_best_are_marked(tmp_path):
 
 def test_seed_replicates_are_shown_as_points_with_mean_and_std(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("TRAINER_CACHE_DIR", str(cache_dir))
-    r = run_in_process("-m", "learning_rate=3e-3,1e-4", "TORCH_SEED=1,2", *TINY, "max_iters=10", cwd=tmp_path)
+    r = run_in_process("-m", "learning_rate=3e-3,1e-4", "TORCH_SEED=1,2", *TINY, "max_iters=10", cwd=tmp_path,
+                       cache_dir=cache_dir)
     assert r.returncode == 0, r.stderr
     sweep = sweep_dir(tmp_path)
     proc = compare(str(sweep), cwd=tmp_path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, losses, metrics, run_dirs, run_module, trainer_env
+from helpers import TINY, losses, metrics, run_dirs, run_in_process, run_module, trainer_env
 
 from trainer import rundir
 from trainer.data import BatchSampler, windows
@@ -68,7 +68,7 @@ def two_ranks(tmp_path_factory, cache_dir):
 def batch_of_2(tmp_path_factory, cache_dir) -> Path:
     """The reference: one process, batch_size 2."""
     cwd = tmp_path_factory.mktemp("batch-of-2")
-    proc = run_module("trainer", *SAME, "batch_size=2", cwd=cwd, env=trainer_env(cache_dir))
+    proc = run_in_process(*SAME, "batch_size=2", cwd=cwd, cache_dir=cache_dir)
     assert proc.returncode == 0, proc.stderr
     return only_run(cwd)
 

@@ -22,8 +22,8 @@ def ok(result):
     return result
 
 
-def test_stopped_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit(cli, tmp_path):
-    ok(cli(*ARGS, "hydra.run.dir=straight"))  # 20 steps in one go
+def test_stopped_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit(cli, trainer_here, tmp_path):
+    ok(trainer_here(*ARGS, "hydra.run.dir=straight"))  # 20 steps in one go (the resumes: processes of their own)
     ok(cli(*ARGS, "max_iters=10", "hydra.run.dir=parts"))  # stop at 10 ...
     overrides = (tmp_path / "parts" / rundir.OVERRIDES).read_text()
     resumed = ok(cli("resume=parts", "max_iters=15"))  # ... resume from the run dir to 15 ...
