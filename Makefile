@@ -30,7 +30,7 @@ test: setup  ## set up, then run the fast test suite and the linter
 	$(BIN)/python -m pytest -q $(XDIST) $(ARGS)
 
 test-all: setup  ## every test, the slow ones too
-	$(BIN)/python -m pytest -q $(XDIST) -m "slow or not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
 
 lint: setup
 	$(BIN)/python -m ruff check .
