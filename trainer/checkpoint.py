@@ -15,7 +15,6 @@ import pickle
 import random
 import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from trainer import distributed
-from trainer.errors import UserError
+from trainer.errors import UserError, writing
 from trainer.rundir import BEST_CKPT, CKPT
 
 if TYPE_CHECKING:
@@ -79,8 +78,11 @@ def save(state: dict[str, Any], path: Path) -> None:
     _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
+        with writing(path), open(tmp, "wb") as f:  # a full disk or a size limit: one line, the old file kept
+            try:
+                torch.save(state, f)
+            except RuntimeError as e:
+                raise _why_short(f, e) from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -91,6 +93,15 @@ def save(state: dict[str, Any], path: Path) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _why_short(f, e: RuntimeError) -> BaseException:
+    """torch reports a short write as "unexpected pos"; one more byte written says why (EFBIG, ENOSPC)."""
+    try:
+        os.pwrite(f.fileno(), b"\0", os.fstat(f.fileno()).st_size)
+    except OSError as cause:
+        return cause
+    return e
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -149,9 +160,9 @@ def load(path_or_run_dir: str | os.PathLike, key: str = "checkpoint", which: str
                             f"which weights_only loading does not run") from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
         raise UserError(f"{path}: corrupt or not a torch checkpoint "
-                        f"({detail.group(1).strip() if detail else _first_line(e)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise UserError(f"{path}: corrupt or unreadable checkpoint ({_first_line(e)})") from None
+                        f"({detail.group(1).strip() if detail else first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - the unpickler fails on hostile bytes with any type (IndexError, KeyError...)
+        raise UserError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(state, dict) or "model_state_dict" not in state or "h_params" not in state:
         raise UserError(f"{path}: not a trainer checkpoint (no model_state_dict / h_params)")
     return state
@@ -171,7 +182,7 @@ def require_resumable(state: dict[str, Any], where: str) -> None:
                         "so training cannot continue from it")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """The first sentence of an exception's message (torch's go on for a paragraph)."""
     text = str(e).strip()
     return re.split(r"(?<=\.)\s", text.splitlines()[0])[0].rstrip(".") if text else type(e).__name__

@@ -10,7 +10,8 @@ not hyperparameters live in nested nodes (`wandb.*`) or are listed in `NOT_H_PAR
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -142,6 +143,7 @@ def h_params_of(cfg: DictConfig) -> dict[str, Any]:
 def validate(cfg: DictConfig) -> None:
     """Raise UserError naming the first bad key; the types were checked at compose time."""
 
+    refuse_unknown_keys(cfg)
     if OmegaConf.is_missing(cfg, "data_path"):
         raise UserError("data_path: missing: data=text needs a file, e.g. data=text data_path=corpus.txt")
 
@@ -175,3 +177,22 @@ def validate(cfg: DictConfig) -> None:
     mode = cfg.wandb.mode
     need(mode in (None, "online", "offline", "disabled"), "wandb.mode",
          "must be online, offline, disabled or null")
+
+
+# unknown keys: `+key=value` adds a key even to the typed schema (Hydra opens the struct for
+# appends), so a typo would train silently and be stored in config.yaml and W&B.
+def refuse_unknown_keys(cfg: DictConfig, schema: type = TrainConfig, prefix: str = "") -> None:
+    """UserError for the first key the schema (TrainConfig, and its nested dataclasses) does not know."""
+    known = {f.name: f for f in fields(schema)}
+    for key in cfg.keys():
+        name = f"{prefix}{key}"
+        if name == "hydra":
+            continue
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise UserError(f"{name}: no such key{hint}")
+        factory = known[key].default_factory
+        sub = factory() if callable(factory) else None  # a nested node's schema (WandbConfig)
+        if is_dataclass(sub) and isinstance(cfg[key], DictConfig):
+            refuse_unknown_keys(cfg[key], type(sub), f"{name}.")

@@ -49,24 +49,48 @@ def read_text(data_path: Optional[str], text_column: Optional[str]) -> str:
         from trainer.synthetic import generate
 
         return generate()
+    text = _read_utf8(data_path)
+    return text if text_column is None else _csv_column(text, data_path, text_column)
+
+
+def _read_utf8(data_path: str) -> str:
+    """A regular file's text; a dir, FIFO (reading one blocks), unreadable, binary or empty file is refused."""
     path = Path(data_path)
-    if not path.is_file():
+    if not path.is_file():  # is_file follows links and is false for FIFOs, sockets and devices
         raise UserError(f"data_path={data_path}: file not found" if not path.exists()
-                        else f"data_path={data_path}: not a file")
-    raw = path.read_bytes()
+                        else f"data_path={data_path}: not a regular file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"data_path={data_path}: cannot read it ({e.strerror or e})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"data_path={data_path}: not UTF-8 text (byte {e.start})") from None
+    if "\x00" in text:  # valid UTF-8, but a binary file (a zip, an image), not text to train on
+        raise UserError(f"data_path={data_path}: not a text file (a NUL byte at byte {raw.index(0)})")
     if not text.strip():
         raise UserError(f"data_path={data_path}: the file is empty")
-    if text_column is None:
-        return text
+    return text
+
+
+def _csv_column(text: str, data_path: str, text_column: str) -> str:
+    """One column of a CSV, its rows joined by newlines; a row with more fields than the header
+    (an unquoted comma, most likely) is refused rather than read shifted."""
     reader = csv.DictReader(io.StringIO(text))
-    if text_column not in (reader.fieldnames or []):
-        raise UserError(f"text_column={text_column}: no such column in {data_path} "
-                        f"(columns: {', '.join(reader.fieldnames or [])})")
-    rows = [row[text_column] for row in reader if row[text_column]]
+    try:
+        if text_column not in (reader.fieldnames or []):
+            raise UserError(f"text_column={text_column}: no such column in {data_path} "
+                            f"(columns: {', '.join(reader.fieldnames or [])})")
+        rows = []
+        for row in reader:
+            if None in row:  # DictReader files the fields beyond the header under the key None
+                raise UserError(f"data_path={data_path}: line {reader.line_num} has {len(reader.fieldnames) + len(row[None])} "
+                                f"fields, the header {len(reader.fieldnames)} (an unquoted comma?)")
+            if row[text_column]:
+                rows.append(row[text_column])
+    except csv.Error as e:
+        raise UserError(f"data_path={data_path}: not a readable CSV (line {reader.line_num}: {e})") from None
     if not rows:
         raise UserError(f"text_column={text_column}: the column is empty in {data_path}")
     return "\n".join(rows) + "\n"

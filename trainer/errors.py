@@ -8,8 +8,11 @@ is the line a failed sweep job leaves in its error.txt.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import errno
+import os
 import re
 
 
@@ -23,6 +26,39 @@ class Diverged(UserError):
     """The loss became NaN or Inf: the run stops, the last good checkpoint stays."""
 
     exit_code = 3
+
+
+class WriteFailed(UserError):
+    """A file could not be written (a full disk, a quota, a file-size limit): exit code 2, and what
+    was written before (the previous checkpoint) stays as it was."""
+
+    def __init__(self, path: os.PathLike | str, e: BaseException):
+        code = getattr(e, "errno", None) or _errno_in(str(e))
+        why = f"{errno.errorcode.get(code, code)}: {os.strerror(code)}" if code else str(e).splitlines()[0]
+        super().__init__(f"{path}: cannot write it ({why}); the files written before it are intact")
+
+
+def _errno_in(text: str) -> int | None:
+    """torch.save reports a failed write as a RuntimeError whose text holds the errno's name or message."""
+    for code, name in errno.errorcode.items():
+        if name in text or os.strerror(code) in text:
+            return code
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: os.PathLike | str):
+    """Turn a failed write of `path` (OSError, or torch's RuntimeError around one) into WriteFailed."""
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except OSError as e:
+        raise WriteFailed(path, e) from None
+    except RuntimeError as e:
+        if _errno_in(str(e)) is None and "write" not in str(e).lower():
+            raise
+        raise WriteFailed(path, e) from None
 
 
 # Lines of Hydra's and OmegaConf's messages that repeat what the first line says, or point elsewhere.

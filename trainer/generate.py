@@ -21,8 +21,12 @@ def load_model(path: str, which: str = "last") -> tuple[GPT, dict]:
     """The trained model (eval mode, CPU) and its checkpoint, from a run dir (its model.ckpt, or
     best.ckpt with which="best") or a .ckpt file."""
     state = checkpoint.load(path, which=which)
-    model = GPT(state["h_params"])
-    model.load_state_dict(state["model_state_dict"])
+    try:
+        model = GPT(state["h_params"])
+        model.load_state_dict(state["model_state_dict"])
+    except Exception as e:  # noqa: BLE001 - h_params or weights that do not make this model, whatever the type
+        raise UserError(f"{path}: not a model this trainer can rebuild ({type(e).__name__}: "
+                        f"{checkpoint.first_line(e)})") from None
     return model.eval(), state
 
 

@@ -23,6 +23,7 @@ from trainer.data import BatchSampler, Corpus, fixed_eval_windows, load_corpus
 from trainer.device import autocast_dtype, configure
 from trainer.distributed import Dist
 from trainer.evaluate import EvalSet, EvalSets, Score, eval_rows_per_forward
+from trainer.memory import check_fits
 from trainer.model import GPT
 from trainer.optim import build_optimizer
 from trainer.resume import ResumePoint
@@ -143,6 +144,7 @@ def build_run(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.devic
     h = _h_params(cfg, corpus, device, d)
     if resume is not None:
         resume.check(h, corpus.vocab)
+    check_fits(cfg, corpus.vocab_size, device)  # far too big: one line now, not the OOM killer later
     torch.manual_seed(seed)  # the same initial weights on every rank and for every resume
     model = GPT(h).to(device)
     if d.enabled:

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from trainer.errors import UserError
+from trainer.errors import UserError, writing
 
 OUTPUTS = Path("outputs")  # where run dirs go, relative to the working directory (Hydra's default)
 MULTIRUN = "multirun"  # outputs/multirun/<date>/<time>/: one dir per sweep
@@ -99,8 +99,12 @@ def runs_under(root: Path) -> list[Path]:
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temp file in the same dir, then rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with writing(path):  # a full disk: one line, and the file as it was
+            tmp.write_text(text)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -132,7 +136,7 @@ def amend_last_metrics_row(run_dir: Path, fields: dict[str, Any]) -> None:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    (Path(run_dir) / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2) + "\n")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

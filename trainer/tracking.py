@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from trainer import rundir
+from trainer.errors import WriteFailed, writing
 
 if TYPE_CHECKING:
     from trainer.run import Run, RunInfo
@@ -72,8 +73,9 @@ class Trackers:
             return
         log.info(f"Step: {row['step']}, Training Loss: {row['train_loss']:.3f}, "
                  f"Validation Loss: {row['valid_loss']:.3f}")
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
+        with writing(self.dir / rundir.METRICS):  # a full disk: one line; a cut row ends the readable record
+            self.metrics.write(json.dumps(row) + "\n")
+            self.metrics.flush()
         if self.wandb:
             self.wandb.log(row)
         if self.samples:
@@ -98,11 +100,17 @@ class Trackers:
             self.bar.update(1)
 
     def close(self, exit_code: int, summary: dict[str, Any]) -> None:
-        self._stack.close()
+        failed = None
+        try:
+            self._stack.close()
+        except OSError as e:  # metrics.jsonl's last flush on a full disk: W&B is still closed first
+            failed = WriteFailed(self.dir / rundir.METRICS, e)
         if self.wandb and self.log_checkpoints:  # a failed run's too: its last good checkpoint
             self.wandb.log_checkpoints(self.dir)
         if self.wandb:  # a failed run still reports the best valid loss it reached
             self.wandb.finish(exit_code, summary)
+        if failed:
+            raise failed
 
 
 def _logged_in() -> bool:
