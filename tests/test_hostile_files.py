@@ -108,6 +108,15 @@ def test_a_checkpoint_whose_h_params_make_no_model_is_one_line(ws, tmp_path):
     assert "not a model this trainer can rebuild" in line
 
 
+def test_a_damaged_eval_json_is_one_line(ws, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(ws / RUN, run)
+    (run / rundir.EVAL).write_bytes(b"\xff[not json")
+    one_error_line(call_main(evaluate.main, str(run), cwd=ws), rundir.EVAL)
+
+
 # ----------------------------------------------------------------------------- fuzzing
 
 
@@ -187,3 +196,10 @@ def test_a_file_size_limit_while_checkpointing_is_one_line_and_the_last_checkpoi
     assert ckpt.read_bytes() == before
     assert torch.load(ckpt, weights_only=True)["step"] == 10
     assert not list(ckpt.parent.glob(".*.tmp"))  # the half-written temp is gone
+
+
+def test_an_appended_hydra_key_is_still_allowed(tmp_path, trainer_here):
+    """Only the trainer's schema is checked: `+hydra...` stays Hydra's own business."""
+    r = trainer_here(*TINY, "max_iters=2", "+hydra.job.env_set.HOSTILE_X=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / rundir.CKPT).is_file()

@@ -197,7 +197,12 @@ def evaluate_run(run_dir: Path, data: Optional[str] = None, text_column: Optiona
 
 def _add_to_eval_json(run_dir: Path, result: dict[str, Any]) -> None:
     path = run_dir / rundir.EVAL
-    known = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise UserError(f"{path}: unreadable ({e}); move it away to evaluate this run again") from None
+    if not isinstance(known, dict):
+        raise UserError(f"{path}: not the JSON object evaluate writes; move it away to evaluate this run again")
     label = f"{result['split']} {result['which']}" + (f" {result['data']}" if result["data"] else "")
     known[label] = result
     rundir.write_atomic(path, json.dumps(known, indent=2) + "\n")
