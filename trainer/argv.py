@@ -97,8 +97,9 @@ def prepare(argv: list[str]) -> Invocation:
         return Invocation(argv + ["hydra.run.dir=.", *QUIET_RANK])
     if multirun:
         return _sweeping(argv, overrides)
-    if value_of(overrides, "hydra.run.dir") is not None:
-        return Invocation(argv)  # its Task locks it, once Hydra has made it
+    named = value_of(overrides, "hydra.run.dir")
+    if named is not None:  # made now, so that it is locked before Hydra writes its .hydra/ into it
+        return Invocation(argv, lock=None if "${" in named else DirLock.take(_made("hydra.run.dir", named)))
     path, new_parents = rundir.new_dir(multirun=False)
     return Invocation(argv + [f"hydra.run.dir={path}"], fresh_dirs=[path.resolve(), *(p.resolve() for p in new_parents)],
                       lock=DirLock.take(path))
@@ -113,9 +114,15 @@ def _sweeping(argv: list[str], overrides: list[str]) -> Invocation:
         extra.append(f"hydra.sweep.dir={path}")
     elif "${" in path:  # resolved by Hydra alone (${now:...}): not known here, not locked
         return Invocation(argv + extra)
-    else:  # made now, not by Hydra, so that it is locked before any job starts
+    return Invocation(argv + extra, lock=DirLock.take(_made("hydra.sweep.dir", path)))  # made now: locked before any job starts
+
+
+def _made(key: str, path: str) -> Path:
+    try:
         Path(path).mkdir(parents=True, exist_ok=True)
-    return Invocation(argv + extra, lock=DirLock.take(path))
+    except OSError as e:
+        raise UserError(f"{key}={path}: cannot be made ({e.strerror})") from None
+    return Path(path)
 
 
 def _resuming(argv: list[str], overrides: list[str], resume: str) -> Invocation:

@@ -48,7 +48,10 @@ class DirLock:
         dir = Path(dir)
         if fcntl is None:
             return cls(dir, None)
-        f = open(dir / rundir.LOCK, "a+")  # append mode: opening neither truncates nor touches the file
+        try:
+            f = open(dir / rundir.LOCK, "a+")  # append mode: opening neither truncates nor touches the file
+        except OSError as e:  # a read-only dir, or not a dir: nothing could be written there anyway
+            raise UserError(f"{dir}: cannot be written to ({e.strerror})") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
