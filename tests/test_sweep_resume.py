@@ -30,9 +30,10 @@ def summary_rows(sweep: Path) -> list[dict]:
 
 
 def files_of(job_dir: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file under a dir, with its bytes and its mtime (ns)."""
+    """Every file under a dir, with its bytes and its mtime (ns); not the lock file, where a resume
+    refused once it held the sweep dir has left its name (trainer.lock)."""
     return {str(p.relative_to(job_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(job_dir.rglob("*")) if p.is_file()}
+            for p in sorted(job_dir.rglob("*")) if p.is_file() and p.name != rundir.LOCK}
 
 
 def kill_mid_job_1(tmp_path: Path, env: dict[str, str], *args: str) -> Path:

@@ -12,7 +12,9 @@ cannot wait for that, so `prepare` adds overrides for them first:
   is handed on to the training run in `Invocation.resume`;
 - a sweep's jobs are named by what varies between them (trainer.sweep.overrides);
 - `-m resume=<sweep dir>` runs that sweep again in its dir, with its overrides, finishing the jobs
-  it left (trainer.sweep.resume).
+  it left (trainer.sweep.resume);
+- one writer per dir (trainer.lock): the dir a run resumes in, a run dir or sweep dir made here, and
+  a resumed sweep's dir are locked now, before Hydra writes into them, and held in `Invocation.lock`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Optional
 from trainer import rundir
 from trainer.distributed import env_rank, world_size
 from trainer.errors import UserError
+from trainer.lock import DirLock
 from trainer.resume import ResumePoint
 from trainer.sweep import resume as sweep_resume
 from trainer.sweep.overrides import is_sweep, sweep_overrides
@@ -48,6 +51,7 @@ class Invocation:
     fresh_dirs: list[Path] = field(default_factory=list)  # the run dir made for this run, then its new parents
     resume: Optional[ResumePoint] = None  # the checkpoint `resume=` names, already read
     typed: Optional[list[str]] = None  # the command line as the user typed it (for trainer.provenance)
+    lock: Optional[DirLock] = None  # this process's hold on its run dir or sweep dir (trainer.lock)
 
     def remove_unused_dirs(self) -> None:
         """A run that failed before training leaves no dir behind (only ever the ones made for it)."""
@@ -85,27 +89,47 @@ def prepare(argv: list[str]) -> Invocation:
         raise UserError("--multirun under torchrun: launch one torchrun per sweep job instead "
                         "(e.g. hydra/launcher=submitit_slurm), or run the sweep without torchrun")
     if resume and multirun:
-        return Invocation(sweep_resume.prepare_argv(argv, overrides, resume))
+        hydra_argv = sweep_resume.prepare_argv(argv, overrides, resume)
+        return Invocation(hydra_argv, lock=DirLock.take(resume))  # two resumes of one sweep: the second refused
     if resume:
         return _resuming(argv, overrides, resume)
     if env_rank() > 0:  # torchrun: only rank 0 owns a run dir
         return Invocation(argv + ["hydra.run.dir=.", *QUIET_RANK])
     if multirun:
-        extra = sweep_overrides(overrides)
-        if value_of(overrides, "hydra.sweep.dir") is None:
-            path, _ = rundir.new_dir(multirun=True)
-            extra.append(f"hydra.sweep.dir={path}")
-        return Invocation(argv + extra)
-    if value_of(overrides, "hydra.run.dir") is not None:
-        return Invocation(argv)
+        return _sweeping(argv, overrides)
+    named = value_of(overrides, "hydra.run.dir")
+    if named is not None:  # made now, so that it is locked before Hydra writes its .hydra/ into it
+        return Invocation(argv, lock=None if "${" in named else DirLock.take(_made("hydra.run.dir", named)))
     path, new_parents = rundir.new_dir(multirun=False)
-    return Invocation(argv + [f"hydra.run.dir={path}"], fresh_dirs=[path.resolve(), *(p.resolve() for p in new_parents)])
+    return Invocation(argv + [f"hydra.run.dir={path}"], fresh_dirs=[path.resolve(), *(p.resolve() for p in new_parents)],
+                      lock=DirLock.take(path))
+
+
+def _sweeping(argv: list[str], overrides: list[str]) -> Invocation:
+    """A new sweep: its jobs named by what varies, its dir locked (so it cannot be resumed while it runs)."""
+    extra = sweep_overrides(overrides)
+    path = value_of(overrides, "hydra.sweep.dir")
+    if path is None:
+        path, _ = rundir.new_dir(multirun=True)
+        extra.append(f"hydra.sweep.dir={path}")
+    elif "${" in path:  # resolved by Hydra alone (${now:...}): not known here, not locked
+        return Invocation(argv + extra)
+    return Invocation(argv + extra, lock=DirLock.take(_made("hydra.sweep.dir", path)))  # made now: locked before any job starts
+
+
+def _made(key: str, path: str) -> Path:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{key}={path}: cannot be made ({e.strerror})") from None
+    return Path(path)
 
 
 def _resuming(argv: list[str], overrides: list[str], resume: str) -> Invocation:
     """The run's own overrides first, then the user's: Hydra lets the last value of a key win."""
     others = [o for o in overrides if not o.startswith("resume=")]
     point = ResumePoint.load(resume, others)
+    lock = DirLock.take(point.run_dir) if env_rank() == 0 else None  # two `resume=auto` at once: one trains
     flags = [a for a in argv if a.startswith("-")]
     argv = flags + point.overrides() + [a for a in argv if not a.startswith(("-", "resume="))]
-    return Invocation(argv + QUIET_RANK if env_rank() > 0 else argv, resume=point)
+    return Invocation(argv + QUIET_RANK if env_rank() > 0 else argv, resume=point, lock=lock)

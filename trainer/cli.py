@@ -9,6 +9,7 @@ Ctrl-C), with no traceback; HYDRA_FULL_ERROR=1 shows the full one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from trainer.argv import Invocation, prepare, value_of
 from trainer.config import CONF_DIR, register_configs
 from trainer.distributed import env_rank
 from trainer.errors import UserError, one_line
+from trainer.lock import DirLock
 from trainer.plan import previewed
 from trainer.replicates import point_of
 from trainer.run import RunInfo
@@ -51,7 +53,8 @@ class Task:
         run_dir = Path(hc.runtime.output_dir)
         single = hc.mode != RunMode.MULTIRUN and not self.full_error
         try:
-            summary = train(cfg, run_dir, run_info(hc, self.invocation.typed), resume=self.invocation.resume)
+            with self.holding(run_dir):
+                summary = train(cfg, run_dir, run_info(hc, self.invocation.typed), resume=self.invocation.resume)
         except UserError as e:
             if not single:
                 raise
@@ -64,6 +67,13 @@ class Task:
         if env_rank() == 0:
             rundir.write_summary(run_dir, summary)
         return summary["best_valid_loss"]
+
+    def holding(self, run_dir: Path) -> contextlib.AbstractContextManager:
+        """The job's dir locked while it trains: already, by trainer.argv (a single run), or now (a
+        sweep's job, or a dir named with hydra.run.dir). Ranks other than 0 write nothing, lock nothing."""
+        if env_rank() > 0 or (self.invocation.lock is not None and self.invocation.lock.holds(run_dir)):
+            return contextlib.nullcontext()
+        return contextlib.closing(DirLock.take(run_dir))
 
 
 def run_info(hc: DictConfig, command: Optional[list[str]] = None) -> RunInfo:
@@ -101,6 +111,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         fail(sweep_resume.interrupted(sweep_dir), 130, invocation)
     finally:
+        if invocation is not None and invocation.lock is not None:
+            invocation.lock.close()  # the process may go on (tests call main in-process)
         _restore_env("HYDRA_FULL_ERROR", "1" if full_error else previous)
 
 

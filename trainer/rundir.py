@@ -12,10 +12,11 @@
     ├── samples.md                      generations at each eval, with W&B on (trainer.samples)
     ├── error.txt                       a failed sweep job's one line   (trainer.sweep.summary)
     ├── train.log                       the log                         (Hydra's job logging)
+    ├── .lock                           who trains in it now: pid, host, since (trainer.lock)
     └── wandb/                          W&B's files, when enabled       (trainer.tracking)
 
 A sweep dir holds Hydra's multirun.yaml (the sweep's overrides, what `-m resume=<sweep dir>` reads:
-trainer.sweep.resume) and adds summary.csv, jobs.csv and summary.md (trainer.sweep.summary); `trainer.compare` writes
+trainer.sweep.resume) and adds summary.csv, jobs.csv and summary.md (trainer.sweep.summary) and a .lock while it runs; `trainer.compare` writes
 compare.png. A new file in the run dir gets its name here, and its reader here too.
 """
 
@@ -52,7 +53,8 @@ MULTIRUN_YAML = "multirun.yaml"  # a sweep's config and overrides (Hydra)
 SWEEP_CSV = "summary.csv"  # one row per point (seed replicates together: trainer.replicates)
 SWEEP_JOBS_CSV = "jobs.csv"  # one row per job
 SWEEP_MD = "summary.md"
-SWEEP_LOCK = ".summary.lock"
+SWEEP_LOCK = ".summary.lock"  # serialises the summary's rewrites
+LOCK = ".lock"  # held by the one process training in a run dir (or resuming a sweep dir): trainer.lock
 PLOT = "compare.png"
 
 

@@ -10,13 +10,11 @@ failed job and never calls `on_multirun_end`. Jobs may end at once in parallel p
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer import rundir
 from trainer.errors import job_error
+from trainer.lock import exclusive
 from trainer.replicates import Point, group, mean_std, point_of
 from trainer.sweep.overrides import check_storage
 from trainer.sweep.threads import BATCH_ENV, first_batch_size
@@ -141,26 +140,11 @@ def _jobs_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-@contextlib.contextmanager
-def _locked(sweep_dir: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # Windows: jobs there run one at a time (basic launcher) or the last write wins
-        yield
-        return
-    with open(sweep_dir / rundir.SWEEP_LOCK, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def write_summary(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
     """(Re)write summary.csv and summary.md in sweep_dir; returns the rows."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(sweep_dir):
+    with exclusive(sweep_dir / rundir.SWEEP_LOCK):  # jobs may end at once in parallel processes
         rows = collect(sweep_dir, final)
         rundir.write_atomic(sweep_dir / rundir.SWEEP_CSV, to_csv([point_row(p) for p in points_of(rows)],
                                                                  POINT_COLUMNS))
