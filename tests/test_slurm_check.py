@@ -46,3 +46,14 @@ def test_a_sweep_job_started_again_in_its_dir_continues_from_its_checkpoint(trai
     log = (job / rundir.LOG).read_text()
     assert "continuing from its checkpoint" in log and "Resuming from" in log
     assert losses(metrics(job)) == first and (job / rundir.SUMMARY).is_file()
+
+
+def test_a_job_slurm_requeues_after_it_finished_is_not_run_again(trainer_here, tmp_path, monkeypatch):
+    args = ["-m", *TINY, "learning_rate=1e-3", "hydra.sweep.dir=sweep"]
+    assert trainer_here(*args).returncode == 0
+    (job,) = job_dirs(tmp_path / "sweep")
+    before = (job / rundir.METRICS).read_text()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # what SLURM sets in a requeued job
+    assert trainer_here(*args).returncode == 0
+    assert "had finished before SLURM requeued it" in (job / rundir.LOG).read_text()
+    assert (job / rundir.METRICS).read_text() == before

@@ -54,6 +54,8 @@ class Task:
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
         single = hc.mode != RunMode.MULTIRUN and not self.full_error
+        if not single and finished_before_requeue(run_dir):
+            return rundir.read_summary(run_dir)["best_valid_loss"]
         resume = self.invocation.resume or (requeued(cfg, run_dir) if hc.mode == RunMode.MULTIRUN else None)
         try:
             summary = train(cfg, run_dir, run_info(hc, self.invocation.typed), resume=resume)
@@ -84,6 +86,14 @@ def requeued(cfg: DictConfig, run_dir: Path) -> Optional[ResumePoint]:
         return None
     log.info("%s: this job ran here before (requeued); continuing from its checkpoint", run_dir)
     return point
+
+
+def finished_before_requeue(run_dir: Path) -> bool:
+    """SLURM requeued a job that had already finished (preempted in its last second): nothing to redo."""
+    again = os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") and (run_dir / rundir.SUMMARY).is_file()
+    if again:
+        log.info("%s: this job had finished before SLURM requeued it; nothing to do", run_dir)
+    return again
 
 
 def run_info(hc: DictConfig, command: Optional[list[str]] = None) -> RunInfo:
