@@ -29,8 +29,8 @@ test: setup  ## set up, then run the fast test suite and the linter
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q $(XDIST) $(ARGS)
 
-test-all: setup  ## every test, the slow ones too
-	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
+test-all: setup  ## every test, the slow ones too (the SLURM tier apart: make test-slurm)
+	$(BIN)/python -m pytest -q -m "not slurm" $(ARGS)
 
 # A real single-node SLURM on this machine (scripts/local_slurm.sh installs and starts it; needs root and
 # apt-get, else the tests say why they skip): a sweep through sbatch, a requeued job, srun + torchrun.
