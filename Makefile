@@ -34,7 +34,7 @@ test-all: setup  ## every test, the slow ones too (the SLURM tier apart: make te
 
 # A real single-node SLURM on this machine (scripts/local_slurm.sh installs and starts it; needs root and
 # apt-get, else the tests say why they skip): a sweep through sbatch, a requeued job, srun + torchrun.
-test-slurm: setup  ## the SLURM tier (a few minutes)
+test-slurm: setup  ## the SLURM tier (about a minute)
 	$(BIN)/python -m pytest -q -m slurm $(ARGS)
 
 lint: setup
