@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The torch that `make setup` installs; GPU users who installed their own pass TORCH= (empty).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup train test test-all lint bench clean
+.PHONY: setup train test test-all test-slurm lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,8 +29,13 @@ test: setup  ## set up, then run the fast test suite and the linter
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q $(XDIST) $(ARGS)
 
-test-all: setup  ## every test, the slow ones too
-	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
+test-all: setup  ## every test, the slow ones too (the SLURM tier apart: make test-slurm)
+	$(BIN)/python -m pytest -q -m "not slurm" $(ARGS)
+
+# A real single-node SLURM on this machine (scripts/local_slurm.sh installs and starts it; needs root and
+# apt-get, else the tests say why they skip): a sweep through sbatch, a requeued job, srun + torchrun.
+test-slurm: setup  ## the SLURM tier (about a minute)
+	$(BIN)/python -m pytest -q -m slurm $(ARGS)
 
 lint: setup
 	$(BIN)/python -m ruff check .
