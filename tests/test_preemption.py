@@ -144,3 +144,24 @@ def test_torchrun_ranks_stop_at_the_same_step_and_resume_with_two_ranks(env, tmp
     assert [r["step"] for r in metrics(run)] == [0, 400] and saved_step(run) == 400
     assert losses(metrics(run)) == losses(metrics(tmp_path / "straight"))
     assert same_weights(run, tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_a_sweep_stops_on_sigterm_and_its_resume_finishes_the_stopped_job(env, tmp_path, cli):
+    sweep = tmp_path / "sweep"
+    proc = start("-m", *ARGS, "max_iters=2000", "learning_rate=1e-3,2e-3", "hydra.sweep.dir=sweep",
+                 cwd=tmp_path, env=env)
+    started(proc, sweep / "0" / rundir.CKPT)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    step = saved_step(sweep / "0")
+    assert 0 < step < 300  # so that the resume below (to 300) trains it on
+    assert err.splitlines() == [f"error: stopped by SIGTERM at step {step} (checkpoint saved); "
+                                "finish the sweep with: python -m trainer -m resume=sweep"]
+    assert not (sweep / "0" / rundir.SUMMARY).exists() and not (sweep / "1").exists()
+
+    resumed = cli("-m", "resume=sweep", "max_iters=300")
+    assert resumed.returncode == 0, resumed.stderr
+    assert all((sweep / job / rundir.SUMMARY).exists() for job in ("0", "1"))
+    assert saved_step(sweep / "0") == 300 and metrics(sweep / "0")[0]["step"] == 0
