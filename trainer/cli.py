@@ -1,6 +1,7 @@
 """`python -m trainer`: prepare the command line, let Hydra compose the config, train, and turn
 every failure into one line on stderr (exit code 2 for a mistake, 3 for a diverged run, 130 for
-Ctrl-C), with no traceback; HYDRA_FULL_ERROR=1 shows the full one.
+Ctrl-C, 143 or 138 for a run stopped by SIGTERM or SIGUSR1 with its checkpoint saved: trainer.preempt),
+with no traceback; HYDRA_FULL_ERROR=1 shows the full one.
 
     argv.prepare(sys.argv)  what must be decided before Hydra starts (run dir, resume, sweep names)
     Hydra                   composes conf/ over the typed schema (trainer.config), makes the run dir
@@ -25,10 +26,11 @@ from omegaconf.errors import OmegaConfBaseException
 from trainer import rundir
 from trainer.argv import Invocation, prepare, value_of
 from trainer.config import CONF_DIR, register_configs
-from trainer.distributed import env_rank
+from trainer.distributed import env_rank, world_size
 from trainer.errors import UserError, one_line
 from trainer.lock import DirLock
 from trainer.plan import previewed
+from trainer.preempt import Preempted
 from trainer.replicates import point_of
 from trainer.resume import ResumePoint
 from trainer.run import RunInfo
@@ -71,6 +73,10 @@ class Task:
                 raise
             fail(f"interrupted; continue with: python -m trainer resume={run_dir}" if (run_dir / rundir.CKPT).exists()
                  else "interrupted before the first checkpoint", 130, self.invocation)
+        except Preempted as e:  # SIGTERM, SIGUSR1: saved at this step, not finished (so no summary.json)
+            if not single:
+                raise
+            fail(f"{e}; continue with: {_command()} resume={run_dir}", e.exit_code, self.invocation)
         if env_rank() == 0:
             rundir.write_summary(run_dir, summary)
         return summary["best_valid_loss"]
@@ -140,6 +146,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         if not sweep_dir:
             raise
         fail(sweep_resume.interrupted(sweep_dir), 130, invocation)
+    except Preempted as e:  # a sweep's job stopped by a signal: the sweep stops there, as on Ctrl-C
+        sweep_dir = value_of(invocation.argv, "hydra.sweep.dir") if invocation and not full_error else None
+        if not sweep_dir:
+            raise
+        fail(f"{e}; " + sweep_resume.interrupted(sweep_dir).removeprefix("interrupted; "), e.exit_code, invocation)
     finally:
         if invocation is not None and invocation.lock is not None:
             invocation.lock.close()  # the process may go on (tests call main in-process)
@@ -153,6 +164,12 @@ def fail(message: str, exit_code: int, invocation: Optional[Invocation]) -> NoRe
     if env_rank() == 0:  # under torchrun every rank meets the same mistake: say it once
         print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(exit_code)
+
+
+def _command() -> str:
+    """How the user launched this run: resuming it takes as many ranks (trainer.resume)."""
+    n = world_size()
+    return f"torchrun --nproc_per_node={n} -m trainer" if n > 1 else "python -m trainer"
 
 
 def _restore_env(name: str, value: Optional[str]) -> None:

@@ -90,6 +90,15 @@ def mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
     return values
 
 
+def largest(value: int, d: Dist, device: torch.device) -> int:
+    """The largest of an int across ranks (a stop signal that any rank got)."""
+    if not d.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

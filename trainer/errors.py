@@ -4,6 +4,11 @@
 exit code 2. `Diverged` is a run that went wrong (NaN loss): exit code 3. `one_line` turns
 those and Hydra's and OmegaConf's exceptions into the one line the CLI prints; `job_error`
 is the line a failed sweep job leaves in its error.txt.
+
+The exit codes: 0 done, 2 a mistake, 3 diverged, 130 Ctrl-C, and for a run stopped by a signal
+with its checkpoint saved at the step it was on (trainer.preempt.Preempted): 143 for SIGTERM, 138
+for SIGUSR1 (128 + the signal's number, as a shell reports them); a second signal exits at once with
+128 + its number.
 """
 
 from __future__ import annotations

@@ -99,12 +99,14 @@ class Trackers:
             self.bar.set_postfix(postfix, refresh=False)
             self.bar.update(1)
 
-    def close(self, exit_code: int, summary: dict[str, Any]) -> None:
+    def close(self, exit_code: int, summary: dict[str, Any], preempted: bool = False) -> None:
         failed = None
         try:
             self._stack.close()
         except OSError as e:  # metrics.jsonl's last flush on a full disk: W&B is still closed first
             failed = WriteFailed(self.dir / rundir.METRICS, e)
+        if self.wandb and preempted:  # W&B shows it preempted (to be resumed), not crashed
+            self.wandb.run.mark_preempting()
         if self.wandb and self.log_checkpoints:  # a failed run's too: its last good checkpoint
             self.wandb.log_checkpoints(self.dir)
         if self.wandb:  # a failed run still reports the best valid loss it reached

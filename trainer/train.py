@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from trainer import checkpoint, distributed, rundir
+from trainer import checkpoint, distributed, preempt, rundir
 from trainer.config import plain, validate
 from trainer.data import to_device
 from trainer.device import autocast, resolve_device
@@ -52,7 +52,8 @@ def train(cfg: DictConfig, run_dir: Path, info: Optional[RunInfo] = None,
     try:
         run_dir = Path(distributed.broadcast(str(run_dir), d))  # rank 0's: the only dir this job has
         run = build_run(cfg, run_dir, info, device, d, resume)
-        summary = fit_and_report(run, info)
+        with preempt.watch(run_dir):  # SIGTERM, SIGUSR1: save at the end of this step, stop
+            summary = fit_and_report(run, info)
         distributed.barrier(d)  # no rank leaves while another still talks to it (gloo aborts otherwise)
         return {**summary, "provenance": run.provenance}
     finally:
@@ -60,14 +61,19 @@ def train(cfg: DictConfig, run_dir: Path, info: Optional[RunInfo] = None,
 
 
 def fit_and_report(run: Run, info: RunInfo) -> dict[str, Any]:
-    """fit(), with every tracker closed however it ends (W&B's run with exit code 1 on a failure)."""
+    """fit(), with every tracker closed however it ends (W&B's run with exit code 1 on a failure,
+    marked preempted when a signal stopped it)."""
     out = Trackers(run, info, describe(run))
-    summary = None
+    summary, preempted = None, None
     try:
         summary = fit(run, out)
         return summary
+    except preempt.Preempted as e:
+        preempted = e
+        raise
     finally:
-        out.close(0 if summary else 1, summary or {"best_valid_loss": run.best})
+        code = 0 if summary else preempted.exit_code if preempted else 1
+        out.close(code, summary or {"best_valid_loss": run.best}, preempted=preempted is not None)
 
 
 def fit(run: Run, out: Trackers) -> dict[str, Any]:
@@ -87,6 +93,7 @@ def fit(run: Run, out: Trackers) -> dict[str, Any]:
             checkpoint.save_run(run, speed.elapsed())
         if run.stopped:
             break
+        preempt.stop_if_signalled(run, speed.elapsed())
         with speed.step():
             loss = train_step(run, lr)
         run.step += 1
