@@ -39,6 +39,18 @@ def sh(*cmd: str) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
 
 
+def release_until_done(job_id: str, proc, timeout: float) -> None:
+    """SLURM holds a requeued job ~2 minutes before it may start again; lift the hold (again, if it
+    was set after an earlier lift: the requeue moves through several states) until the sweep ends."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, f"job {job_id} never ran again after its requeue"
+        if subprocess.run(["squeue", "-h", "-j", job_id, "-t", "PD", "-o", "%i"], capture_output=True, text=True,
+                          timeout=30).stdout.strip():
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=30)
+        time.sleep(1)
+
+
 def sweep(cwd, env, *args: str, launcher: tuple[str, ...] = tuple(FITS), timeout: float = 240):
     return subprocess.run([sys.executable, "-m", "trainer", "-m", *launcher, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -80,10 +92,8 @@ def test_a_job_requeued_mid_run_finishes_with_the_losses_of_an_uninterrupted_run
     (job_id,) = sh("squeue", "-h", "-t", "R", "-o", "%i").split()
     try:
         sh("scontrol", "requeue", job_id)  # as a preemption does: SIGTERM, SIGKILL, then start again
-        while not sh("squeue", "-h", "-j", job_id, "-t", "PD", "-o", "%i"):
-            time.sleep(0.2)
-        sh("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # SLURM holds a requeued job ~2 minutes
-        assert proc.wait(timeout=180) == 0
+        release_until_done(job_id, proc, timeout=240)
+        assert proc.wait(timeout=60) == 0
     finally:
         subprocess.run(["scancel", job_id], timeout=30)  # never leave a job behind, whatever failed
     resumed = re.search(r"Resuming from \S+ at step (\d+)", (job / rundir.LOG).read_text())
