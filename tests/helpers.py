@@ -25,6 +25,16 @@ TINY = ["d_model=32", "num_blocks=2", "num_heads=2", "context_length=32", "batch
         "max_iters=20", "eval_interval=10", "eval_iters=2", "device=cpu", "num_threads=1"]
 
 
+class Evil:
+    """A pickle that would call os.mkdir(marker) when loaded: harmless, and visible if it ever ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
 # ----------------------------------------------------------------------------- running the CLI
 
 

@@ -8,26 +8,17 @@ processes would cost half a minute of interpreter and torch start-up."""
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, run_in_process, run_module, trainer_env
+from helpers import TINY, Evil, run_in_process, run_module, trainer_env
 
 from trainer import rundir
 
 RUN = "outputs/day/run"  # an existing, finished run that every case must leave alone
 
 
-class Evil:
-    """Unpickling this would call os.mkdir(marker): harmless, and visible if it ever ran."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, call_main, run_in_process, trainer_env
+from helpers import TINY, Evil, call_main, run_in_process, trainer_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,12 +30,6 @@ FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthChe
                 derandomize=True)  # the same examples every run: a failure reproduces
 
 
-class Evil:
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
 
 
 @pytest.fixture(scope="module")

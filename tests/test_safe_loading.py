@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from helpers import Evil
 
 from trainer import checkpoint, rundir
 from trainer.errors import UserError
@@ -15,14 +14,6 @@ H = {"d_model": 16, "num_blocks": 1, "num_heads": 2, "context_length": 8, "dropo
      "vocab_size": 50, "max_token_value": 50}
 
 
-class Evil:
-    """Unpickling this would call os.mkdir(marker): harmless, and visible if it ever ran."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
 
 
 def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path):
