@@ -290,18 +290,9 @@ def loadavg() -> str:
 def machine() -> str:
     import torch
 
-    from trainer.device import available_cores
+    from trainer.device import available_cores, cpu_name
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = available_cores()
-    return f"{cpu}, {cores} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{cpu_name()}, {available_cores()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def med(values: list[float]) -> Optional[float]:
