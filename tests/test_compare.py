@@ -130,3 +130,13 @@ def test_a_path_without_runs_is_one_line_on_stderr(tmp_path, make, message):
     proc = compare(str(path), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr == f"error: {path}: {message}\n"
+
+
+def test_a_point_with_one_finished_replicate_keeps_that_replicates_error():
+    """A failed seed beside a finished one: the point's standard error is the finished run's."""
+    from trainer.replicates import group
+
+    rows = [{"p": "lr=1", "final": 3.9, "se": 0.02}, {"p": "lr=1", "final": None, "se": None}]
+    (point,) = group(rows, name=lambda r: r["p"], final=lambda r: r["final"], best=lambda r: r["final"],
+                     se=lambda r: r["se"])
+    assert (point.n, point.final_mean, point.se) == (1, 3.9, 0.02)

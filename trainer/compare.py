@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -38,10 +37,6 @@ class Run(RunRecord):
     name: str = ""  # its path relative to the runs' common parent
     label: str = ""  # the differing keys' values, e.g. learning_rate=0.001, TORCH_SEED=2
     point: str = ""  # the label without TORCH_SEED: its seed replicates share it
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -180,7 +175,7 @@ def _run_curves(run: Run) -> dict[str, Any]:
     out = {"style": "-" if run.status == "ok" else "--",
            "label": f"{run.label or run.name}  (final {final:.3f})" if final is not None else run.label or run.name}
     for key in ("train_loss", "valid_loss"):
-        points = [(r["step"], r[key]) for r in run.metrics if _finite(r.get(key))]
+        points = [(r["step"], r[key]) for r in run.metrics if rundir.number(r.get(key)) is not None]
         steps, losses = (list(v) for v in zip(*points, strict=True)) if points else ([], [])
         out[key] = (steps, losses, None)
     return out
@@ -191,7 +186,7 @@ def _point_curves(point: Point) -> dict[str, Any]:
     out = {"style": "-" if all(r.status == "ok" for r in point.members) else "--",
            "label": f"{point.name or '(no overrides)'}  (n={point.n}, final {mean_std(point.final_mean, point.final_std, '.3f')})"}
     for key in ("train_loss", "valid_loss"):
-        by_run = [{r["step"]: r[key] for r in run.metrics if _finite(r.get(key))} for run in point.members]
+        by_run = [{r["step"]: r[key] for r in run.metrics if rundir.number(r.get(key)) is not None} for run in point.members]
         steps = sorted(set.intersection(*(set(d) for d in by_run))) if by_run else []
         values = [[d[s] for d in by_run] for s in steps]
         out[key] = (steps, [statistics.fmean(v) for v in values],

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from trainer.rundir import number
 
 SEED_KEY = "TORCH_SEED"
 
@@ -22,10 +23,6 @@ SEED_KEY = "TORCH_SEED"
 def point_of(overrides: str) -> str:
     """A job's name without its seed: "learning_rate=0.001,TORCH_SEED=2" -> "learning_rate=0.001"."""
     return ",".join(o for o in overrides.split(",") if o and not o.startswith(f"{SEED_KEY}="))
-
-
-def _finite(values: Iterable[Any]) -> list[float]:
-    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
 def _mean(values: list[float]) -> Optional[float]:
@@ -82,9 +79,12 @@ def group(members: list[Any], name: Any, final: Any, best: Any, se: Any) -> list
     for m in members:
         p = points.setdefault(name(m), Point(name(m)))
         p.members.append(m)
-        p.final += _finite([final(m)])
-        p.best += _finite([best(m)])
-        p.single_se = (_finite([se(m)]) or [None])[0] if len(p.final) == 1 else None
+        f, b = number(final(m)), number(best(m))
+        if b is not None:
+            p.best.append(b)
+        if f is not None:
+            p.final.append(f)
+            p.single_se = number(se(m)) if p.n == 1 else None  # the se of the one final there is
     ranked = sorted(points.values(), key=lambda p: (p.final_mean is None, p.final_mean or 0.0, p.name))
     _mark_within_2se(ranked)
     return ranked

@@ -209,7 +209,8 @@ def hydra_job(run_dir: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- reading it back
 
 
-def _number(value: Any) -> Optional[float]:
+def number(value: Any) -> Optional[float]:
+    """A metric as a float, or None where it is missing, not a number, NaN or infinite."""
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
@@ -225,7 +226,7 @@ class RunRecord:
     error: str = ""
 
     def _valid(self) -> list[float]:
-        return [v for v in (_number(r.get("valid_loss")) for r in self.metrics) if v is not None]
+        return [v for v in (number(r.get("valid_loss")) for r in self.metrics) if v is not None]
 
     def _last(self, key: str) -> Any:
         return self.metrics[-1].get(key) if self.metrics else None
@@ -233,37 +234,37 @@ class RunRecord:
     @property
     def best_valid_loss(self) -> Optional[float]:
         if self.summary:
-            return _number(self.summary.get("best_valid_loss"))
+            return number(self.summary.get("best_valid_loss"))
         return min(self._valid(), default=None)
 
     @property
     def final_valid_loss(self) -> Optional[float]:
         """Over the whole valid split once it finished; before, the last eval's (fixed windows)."""
         if self.summary:
-            return _number(self.summary.get("final_valid_loss"))
-        full = _number(self._last("valid_loss_full"))
+            return number(self.summary.get("final_valid_loss"))
+        full = number(self._last("valid_loss_full"))
         valid = self._valid()
         return full if full is not None else valid[-1] if valid else None
 
     @property
     def final_valid_loss_se(self) -> Optional[float]:
         if self.summary:
-            return _number(self.summary.get("final_valid_loss_se"))
-        return _number(self._last("valid_loss_full_se") or self._last("valid_loss_se"))
+            return number(self.summary.get("final_valid_loss_se"))
+        return number(self._last("valid_loss_full_se") or self._last("valid_loss_se"))
 
     @property
     def final_bits_per_byte(self) -> Optional[float]:
         if self.summary:
-            return _number(self.summary.get("final_bits_per_byte"))
-        return _number(self._last("bits_per_byte_full") or self._last("bits_per_byte"))
+            return number(self.summary.get("final_bits_per_byte"))
+        return number(self._last("bits_per_byte_full") or self._last("bits_per_byte"))
 
     @property
     def tokens_per_s(self) -> Optional[float]:
-        return _number(self.summary.get("tokens_per_s") if self.summary else self._last("tokens_per_s"))
+        return number(self.summary.get("tokens_per_s") if self.summary else self._last("tokens_per_s"))
 
     @property
     def wall_s(self) -> Optional[float]:
-        return _number(self.summary.get("wall_s") if self.summary else self._last("elapsed_s"))
+        return number(self.summary.get("wall_s") if self.summary else self._last("elapsed_s"))
 
     @property
     def steps(self) -> Optional[int]:
