@@ -11,7 +11,6 @@ with no traceback; HYDRA_FULL_ERROR=1 shows the full one.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import NoReturn, Optional
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer import rundir
@@ -32,13 +31,11 @@ from trainer.lock import DirLock
 from trainer.plan import previewed
 from trainer.preempt import Preempted
 from trainer.replicates import point_of
-from trainer.resume import ResumePoint
+from trainer.resume import finished_before_requeue, requeued
 from trainer.run import RunInfo
 from trainer.sweep import resume as sweep_resume
 from trainer.sweep.threads import parallel_jobs
 from trainer.train import train
-
-log = logging.getLogger("trainer")
 
 
 class Task:
@@ -87,29 +84,6 @@ class Task:
         if env_rank() > 0 or (self.invocation.lock is not None and self.invocation.lock.holds(run_dir)):
             return contextlib.nullcontext()
         return contextlib.closing(DirLock.take(run_dir))
-
-
-def requeued(cfg: DictConfig, run_dir: Path) -> Optional[ResumePoint]:
-    """A sweep job started again in its own dir (SLURM requeued it after a preemption, submitit
-    resubmitted it) continues from its checkpoint there instead of starting over: the checkpoint
-    of this very config, in a dir with no summary.json (a finished job is never relaunched)."""
-    if cfg.get("resume") or not (run_dir / rundir.CKPT).is_file() or (run_dir / rundir.SUMMARY).exists():
-        return None
-    point = ResumePoint.load(str(run_dir))
-    saved = {k: v for k, v in point.state.get("config", {}).items() if k != "resume"}
-    now = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True, enum_to_str=True).items() if k != "resume"}
-    if saved != now:
-        return None
-    log.info("%s: this job ran here before (requeued); continuing from its checkpoint", run_dir)
-    return point
-
-
-def finished_before_requeue(run_dir: Path) -> bool:
-    """SLURM requeued a job that had already finished (preempted in its last second): nothing to redo."""
-    again = os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") and (run_dir / rundir.SUMMARY).is_file()
-    if again:
-        log.info("%s: this job had finished before SLURM requeued it; nothing to do", run_dir)
-    return again
 
 
 def run_info(hc: DictConfig, command: Optional[list[str]] = None) -> RunInfo:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer import checkpoint, provenance, rundir
@@ -66,9 +67,7 @@ class ResumePoint:
 
     def config_overrides(self) -> list[str]:
         """The config the run last trained with: its own overrides, then what earlier resumes changed."""
-        saved = self.run_dir / rundir.OVERRIDES
-        original = [o for o in OmegaConf.load(saved) if not o.startswith(("resume=", "hydra"))] \
-            if saved.exists() else []
+        original = [o for o in rundir.read_overrides(self.run_dir) or [] if not o.startswith(("resume=", "hydra"))]
         return [*original, *changed_since_start(self.run_dir, self.state)]
 
     def check_world_size(self, world_size: int) -> None:
@@ -117,6 +116,29 @@ def tokens_up_to(state: dict[str, Any]) -> int:
     """Tokens trained on before a checkpoint that predates `tokens_seen`: its steps x its batch."""
     h = state["h_params"]
     return state["step"] * h.get("effective_batch_size", h.get("batch_size", 0)) * h.get("context_length", 0)
+
+
+def requeued(cfg: DictConfig, run_dir: Path) -> Optional[ResumePoint]:
+    """A sweep job started again in its own dir (SLURM requeued it after a preemption, submitit
+    resubmitted it) continues from its checkpoint there instead of starting over: the checkpoint
+    of this very config, in a dir with no summary.json (a finished job is never relaunched)."""
+    if cfg.get("resume") or not (run_dir / rundir.CKPT).is_file() or (run_dir / rundir.SUMMARY).exists():
+        return None
+    point = ResumePoint.load(str(run_dir))
+    saved = {k: v for k, v in point.state.get("config", {}).items() if k != "resume"}
+    now = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True, enum_to_str=True).items() if k != "resume"}
+    if saved != now:
+        return None
+    log.info("%s: this job ran here before (requeued); continuing from its checkpoint", run_dir)
+    return point
+
+
+def finished_before_requeue(run_dir: Path) -> bool:
+    """SLURM requeued a job that had already finished (preempted in its last second): nothing to redo."""
+    again = os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") and (run_dir / rundir.SUMMARY).is_file()
+    if again:
+        log.info("%s: this job had finished before SLURM requeued it; nothing to do", run_dir)
+    return again
 
 
 def find_auto(overrides: list[str]) -> Path:

@@ -137,6 +137,14 @@ def amend_last_metrics_row(run_dir: Path, fields: dict[str, Any]) -> None:
         write_atomic(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def read_overrides(run_dir: Path) -> Optional[list[str]]:
+    """The overrides the run was started with, as typed (.hydra/overrides.yaml); None without one."""
+    import yaml
+
+    path = Path(run_dir) / OVERRIDES
+    return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else None
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     write_atomic(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2) + "\n")
 

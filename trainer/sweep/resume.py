@@ -212,7 +212,7 @@ def plan_job(num: int, job_dir: Path, overrides: list[str], swept: set[str], add
              exclude: list[str]) -> Job:
     from trainer.resume import ResumePoint
 
-    saved = saved_overrides(job_dir)
+    saved = rundir.read_overrides(job_dir)
     if saved is not None:  # the dir must be this job's: the swept values say which job it is
         mine, theirs = ([o for o in ov if key(o) in swept] for ov in (overrides, saved))
         if not set(mine) <= set(theirs):
@@ -228,11 +228,6 @@ def plan_job(num: int, job_dir: Path, overrides: list[str], swept: set[str], add
     names = sorted({*exclude, *(key(o) for o in own if o not in (saved or []))})
     return Job(num, job_dir, CONTINUES, [*own, *added, f"resume={point.path}", "hydra.output_subdir=null",
                                          f"{EXCLUDE_KEYS}=[{','.join(names)}]"], point.state["step"])
-
-
-def saved_overrides(job_dir: Path) -> Optional[list[str]]:
-    path = job_dir / rundir.OVERRIDES
-    return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else None
 
 
 def consecutive(jobs: list[Job]) -> list[list[Job]]:
