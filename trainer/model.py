@@ -3,8 +3,9 @@
 Pre-LayerNorm transformer blocks (attention, then a ReLU feed-forward), sinusoidal positions
 and an output head, as in the book. The differences are all about speed, not maths: the
 heads are computed together (one fused QKV projection and F.scaled_dot_product_attention
-instead of a Python loop over head modules), and the positional table is built once as a
-buffer instead of on every forward call.
+instead of a Python loop over head modules), the positional table is built once as a buffer
+instead of on every forward call, and on a CPU the dropout masks, the attention with dropout and
+the loss come from trainer/kernels.py (cheaper kernels for the same formulas).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from trainer.kernels import Dropout, causal_attention, cross_entropy
 
 
 def sinusoidal_positions(context_length: int, d_model: int) -> torch.Tensor:
@@ -33,15 +36,14 @@ class CausalSelfAttention(nn.Module):
         self.num_heads, self.dropout = num_heads, dropout
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)  # the book's per-head q, k, v, fused
         self.proj = nn.Linear(d_model, d_model)
-        self.resid_drop = nn.Dropout(dropout)
+        self.resid_drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         # (B, T, C) -> (B, nh, T, hs): all heads in one batched matmul
         q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = causal_attention(q, k, v, self.dropout, self.training)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_drop(self.proj(y))
 
@@ -50,7 +52,7 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, dropout: float):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.ReLU(),
-                                 nn.Linear(4 * d_model, d_model), nn.Dropout(dropout))
+                                 nn.Linear(4 * d_model, d_model), Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -100,7 +102,7 @@ class GPT(nn.Module):
         logits = self.head(self.ln_f(self.blocks(x)))  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+            loss = cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
         return logits, loss
 
     @torch.no_grad()
