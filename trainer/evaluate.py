@@ -36,7 +36,10 @@ if TYPE_CHECKING:
     from trainer.run import Run
     from trainer.speed import Speedometer
 
-FINAL_TRAIN_WINDOWS = 256  # the train split's final score samples this many windows, evenly spaced
+# The train split's final score samples as many windows as the valid split has (evenly spaced),
+# at most this many: the two final losses then carry about the same noise, and the final eval
+# costs twice the valid split, not more.
+FINAL_TRAIN_WINDOWS = 256
 
 
 @dataclass
@@ -124,8 +127,9 @@ def final_eval(run: Run) -> dict[str, Any]:
     """The whole valid split and a sample of the train split, once, when training ends: the run's
     final numbers, as fields for the last metrics row."""
     c, T = run.corpus, run.cfg.context_length
-    sets = {"valid": EvalSet.of(all_windows(c.valid, T), c.token_bytes),
-            "train": EvalSet.of(all_windows(c.train, T, limit=FINAL_TRAIN_WINDOWS), c.token_bytes)}
+    valid = EvalSet.of(all_windows(c.valid, T), c.token_bytes)
+    sample = max(1, min(FINAL_TRAIN_WINDOWS, len(valid.x)))
+    sets = {"valid": valid, "train": EvalSet.of(all_windows(c.train, T, limit=sample), c.token_bytes)}
     run.final = {split: score(run.eval_model, s, run.device, run.amp, run.rows_per_forward, run.dist)
                  for split, s in sets.items()}
     valid = run.final["valid"]
