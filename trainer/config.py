@@ -60,6 +60,11 @@ class Init(str, Enum):
     scaled = "scaled"
 
 
+class WeightDecayOn(str, Enum):
+    all = "all"
+    matrices = "matrices"
+
+
 class Dtype(str, Enum):
     auto = "auto"  # bf16 autocast where the hardware has bf16 (CUDA; CPUs with AVX512-BF16/AMX), else float32
     float32 = "float32"
@@ -100,6 +105,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # a name in trainer.optim.OPTIMIZERS (conf/optimizer/<name>.yaml sets it)
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
+    weight_decay_on: WeightDecayOn = WeightDecayOn.all  # all parameters, or only matrices (2-D: Linears, embeddings)
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
