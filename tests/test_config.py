@@ -42,11 +42,22 @@ def test_hyperparameters_are_flat_and_tooling_is_nested(make_cfg):
 
 
 @pytest.mark.parametrize("model, shape", [("tiny", (80, 6, 4, 128)), ("small", (256, 12, 8, 256)),
-                                          ("gpt2", (768, 12, 12, 1024))])
+                                          ("gpt2", (768, 12, 12, 1024)), ("modern", (80, 6, 4, 128))])
 def test_model_presets(make_cfg, model, shape):
     cfg = make_cfg(f"model={model}")
     assert (cfg.d_model, cfg.num_blocks, cfg.num_heads, cfg.context_length) == shape
     validate(cfg)
+    arch = {k: h_params_of(cfg)[k] for k in ("activation", "norm", "positions", "tie_weights", "init", "bias")}
+    book = {"activation": "relu", "norm": "layernorm", "positions": "sinusoidal", "tie_weights": False,
+            "init": "pytorch", "bias": True}
+    assert arch == (book if model != "modern" else {"activation": "swiglu", "norm": "rmsnorm", "positions": "rope",
+                                                    "tie_weights": True, "init": "scaled", "bias": False})
+
+
+def test_architecture_keys_sweep_from_the_command_line(make_cfg):
+    cfg = make_cfg("model=modern", "activation=gelu", "weight_decay_on=matrices")
+    h = h_params_of(cfg)
+    assert h["activation"] == "gelu" and h["positions"] == "rope" and h["weight_decay_on"] == "matrices"
 
 
 def test_small_preset_has_about_10m_non_embedding_params(make_cfg):

@@ -20,7 +20,7 @@ def composing(*overrides: str) -> BaseException:
 
 
 @pytest.mark.parametrize("override, line", [
-    ("model=huge", "model=huge: unknown option (choose from gpt2, small, tiny)"),
+    ("model=huge", "model=huge: unknown option (choose from gpt2, modern, small, tiny)"),
     ("lerning_rate=0.1", "lerning_rate: no such key (did you mean learning_rate?)"),
     ("wandb.projct=x", "wandb.projct: no such key (did you mean wandb.project?)"),
     ("zzz=1", "zzz: no such key"),

@@ -19,8 +19,9 @@ from omegaconf import OmegaConf
 from trainer.optim import build_optimizer
 
 def train(name, eager):
-    cfg = OmegaConf.create(dict(optimizer=name, learning_rate=1e-2, beta1=0.9, beta2=0.99, eps=1e-8,
-                                weight_decay=0.01, momentum=0.9))
+    optimizer, _, on = name.partition("/")  # adamw/matrices: weight_decay_on=matrices, two param groups
+    cfg = OmegaConf.create(dict(optimizer=optimizer, learning_rate=1e-2, beta1=0.9, beta2=0.99, eps=1e-8,
+                                weight_decay=0.01, momentum=0.9, weight_decay_on=on or "all"))
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     opt = build_optimizer(cfg, model, torch.device("cpu"), eager=eager)
@@ -44,7 +45,7 @@ for name in sys.argv[1:]:  # the undecorated torch class: imports dynamo, same n
 def test_fused_optimizer_steps_like_torch_and_never_imports_dynamo(env):
     """The eager optimizer is torch's fused one step for step (bit for bit), its state_dict loads
     back, and torch._dynamo (1 s of imports) is never loaded: checked in a fresh process."""
-    names = list(OPTIMIZERS)
+    names = [*OPTIMIZERS, "adamw/matrices"]
     out = subprocess.run([sys.executable, "-c", FUSED_CHECK, *names], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr

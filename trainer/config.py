@@ -10,6 +10,7 @@ not hyperparameters live in nested nodes (`wandb.*`) or are listed in `NOT_H_PAR
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -34,6 +35,34 @@ class Device(str, Enum):
 class LRSchedule(str, Enum):
     constant = "constant"
     cosine = "cosine"
+
+
+# The model's architecture (trainer.model): the first value of each is the book's.
+class Activation(str, Enum):
+    relu = "relu"
+    gelu = "gelu"
+    swiglu = "swiglu"
+
+
+class Norm(str, Enum):
+    layernorm = "layernorm"
+    rmsnorm = "rmsnorm"
+
+
+class Positions(str, Enum):
+    sinusoidal = "sinusoidal"
+    learned = "learned"
+    rope = "rope"
+
+
+class Init(str, Enum):
+    pytorch = "pytorch"
+    scaled = "scaled"
+
+
+class WeightDecayOn(str, Enum):
+    all = "all"
+    matrices = "matrices"
 
 
 class Dtype(str, Enum):
@@ -65,11 +94,18 @@ class TrainConfig:
     num_heads: int = 4
     context_length: int = 128
     dropout: float = 0.1
-    tie_weights: bool = False
+    tie_weights: bool = False  # the head shares the token embedding's matrix
+    # architecture variants (defaults: the book's model; trainer.model.ARCH_DEFAULTS for checkpoints without them)
+    activation: Activation = Activation.relu  # the feed-forward's: relu | gelu | swiglu
+    norm: Norm = Norm.layernorm  # layernorm | rmsnorm
+    positions: Positions = Positions.sinusoidal  # sinusoidal (added) | learned (added) | rope (rotates q and k)
+    init: Init = Init.pytorch  # pytorch (torch's module defaults) | scaled (GPT-2's N(0, 0.02))
+    bias: bool = True  # biases in the Linears and norms (the qkv projection never has one, as in the book)
     # optimizer (conf/optimizer/*)
     optimizer: str = "adamw"  # a name in trainer.optim.OPTIMIZERS (conf/optimizer/<name>.yaml sets it)
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
+    weight_decay_on: WeightDecayOn = WeightDecayOn.all  # all parameters, or only matrices (2-D: Linears, embeddings)
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
@@ -123,6 +159,20 @@ def plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
+def schema_default(key: str) -> Any:
+    """TrainConfig's default for a root key, plain ("relu", not Activation.relu); None where it has none."""
+    f = {f.name: f for f in fields(TrainConfig)}.get(key)
+    return None if f is None or f.default in (dataclasses.MISSING, MISSING) else plain(f.default)
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (a run's config.yaml, a checkpoint's) with the root keys added to the schema
+    since it was written, at their defaults: a run made before `activation` existed was a relu run."""
+    added = {f.name: plain(f.default) for f in fields(TrainConfig)
+             if f.name not in saved and f.default not in (dataclasses.MISSING, MISSING)}
+    return {**saved, **added}
+
+
 def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config as one level of dotted keys: {"wandb": {"mode": x}} -> {"wandb.mode": x}."""
     out: dict[str, Any] = {}
@@ -149,7 +199,7 @@ def validate(cfg: DictConfig) -> None:
 
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
-            raise UserError(f"{key}={OmegaConf.select(cfg, key)}: {what}")
+            raise UserError(f"{key}={plain(OmegaConf.select(cfg, key))}: {what}")
 
     for key in ("d_model", "num_blocks", "num_heads", "context_length", "batch_size", "max_iters",
                 "eval_interval", "eval_iters", "gradient_accumulation_steps"):
@@ -160,6 +210,9 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.d_model % cfg.num_heads == 0, "d_model",
          f"must be divisible by num_heads={cfg.num_heads}")
     need(0.0 <= cfg.dropout < 1.0, "dropout", "must be in [0, 1)")
+    head_size = cfg.d_model // cfg.num_heads
+    need(plain(cfg.positions) != "rope" or head_size % 2 == 0, "positions",
+         f"needs an even head size, d_model/num_heads = {head_size}")  # it rotates channels in pairs
     need(cfg.learning_rate > 0, "learning_rate", "must be positive")
     need(0.0 <= cfg.min_lr <= cfg.learning_rate, "min_lr", "must be in [0, learning_rate]")
     need(cfg.weight_decay >= 0, "weight_decay", "must be zero or positive")

@@ -10,28 +10,39 @@ estimate is over 90% of the memory available now.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
 
 from trainer.errors import UserError
+from trainer.model import architecture, ffn_hidden
 
 FLOAT = 4  # bytes: the weights, gradients, moments and activations are float32 (autocast only shrinks some)
 REFUSE_ABOVE = 0.9  # of the memory available: over this even the low estimate cannot fit
 
 
-def param_count(d_model: int, num_blocks: int, context_length: int, vocab_size: int, tied: bool) -> int:
-    """The GPT's parameters: embeddings, per block attention (4 d^2) and MLP (8 d^2), and the head."""
-    block = 12 * d_model * d_model + 13 * d_model  # + biases and the two LayerNorms
-    head = 0 if tied else vocab_size * d_model + vocab_size
-    return vocab_size * d_model + context_length * d_model + num_blocks * block + head
+def param_count(h: Mapping[str, Any], vocab_size: int) -> int:
+    """GPT(h).num_params() without building it (h: the config or h_params): the token embedding, per
+    block attention (4 d^2) and the feed-forward (~8 d^2, whatever the activation) and two norms,
+    the final norm and the head; learned positions add context_length x d_model."""
+    d, V, arch = h["d_model"], vocab_size, architecture(h)
+    bias = int(arch["bias"])
+    hidden = ffn_hidden(d, arch["activation"])
+    up = 2 * hidden if arch["activation"] == "swiglu" else hidden  # swiglu: gate and up, fused
+    norm = (1 + bias) * d if arch["norm"] == "layernorm" else d  # a gain (and a bias); RMSNorm: a gain only
+    attn = 4 * d * d + bias * d  # qkv (never a bias, as in the book) and the output projection
+    ffn = (d + bias) * up + (hidden + bias) * d
+    positions = h["context_length"] * d if arch["positions"] == "learned" else 0  # the others are no parameters
+    head = (0 if arch["tie_weights"] else V * d) + bias * V
+    return V * d + positions + h["num_blocks"] * (attn + ffn + 2 * norm) + norm + head
 
 
 def training_bytes(cfg: DictConfig, vocab_size: int) -> tuple[int, int]:
     """(weights + gradients + AdamW state, one micro-batch's activations) in bytes."""
-    params = param_count(cfg.d_model, cfg.num_blocks, cfg.context_length, vocab_size, cfg.tie_weights)
+    params = param_count(cfg, vocab_size)
     tokens = cfg.batch_size * cfg.context_length
     # Per token and block, what backward keeps: ~20 d-wide vectors (qkv, MLP 4d twice, norms,
     # residuals) and 3 attention rows per head (scores, softmax, dropout mask); then the logits twice.

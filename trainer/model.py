@@ -6,6 +6,11 @@ heads are computed together (one fused QKV projection and F.scaled_dot_product_a
 instead of a Python loop over head modules), the positional table is built once as a buffer
 instead of on every forward call, and on a CPU the dropout masks, the attention with dropout and
 the loss come from trainer/kernels.py (cheaper kernels for the same formulas).
+
+Architecture variants, each a config key (trainer/config.py) kept in the checkpoint's h_params:
+activation (relu | gelu | swiglu), norm (layernorm | rmsnorm), positions (sinusoidal | learned |
+rope), tie_weights, init (pytorch | scaled) and bias. The defaults (ARCH_DEFAULTS) are the book's
+model, parameter for parameter and random draw for random draw.
 """
 
 from __future__ import annotations
@@ -30,10 +35,49 @@ def sinusoidal_positions(context_length: int, d_model: int) -> torch.Tensor:
     return pe
 
 
+# What a checkpoint without these keys in its h_params was (one from before they existed): the book's model.
+ARCH_DEFAULTS = {"activation": "relu", "norm": "layernorm", "positions": "sinusoidal", "tie_weights": False,
+                 "init": "pytorch", "bias": True}
+INIT_STD = 0.02  # init=scaled: GPT-2's
+
+
+def architecture(h_params: dict[str, Any]) -> dict[str, Any]:
+    """The architecture keys of h_params, a missing one at its default."""
+    return {k: h_params.get(k, default) for k, default in ARCH_DEFAULTS.items()}
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE, Su et al. 2021): rotates each pair of a head's q (and k)
+    channels by an angle proportional to the position, so q.k depends on the tokens' offset, not
+    where they sit. One instance serves every block; its cos/sin tables are built once, not saved."""
+
+    def __init__(self, head_size: int, context_length: int, base: float = 10000.0):
+        super().__init__()
+        if head_size % 2:
+            raise ValueError(f"positions=rope: needs an even head size, d_model/num_heads = {head_size}")
+        inv_freq = base ** (-torch.arange(0, head_size, 2).float() / head_size)  # (hs/2,)
+        angles = torch.outer(torch.arange(context_length).float(), inv_freq)  # (T, hs/2)
+        self.register_buffer("cos", angles.cos().unsqueeze(1), persistent=False)  # (T, 1, hs/2): any nh
+        self.register_buffer("sin", angles.sin().unsqueeze(1), persistent=False)
+
+    def forward(self, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """x: (B, T, C), nh heads side by side -> the same, each head rotated; channel i pairs with i + hs/2."""
+        B, T, C = x.shape
+        x1, x2 = x.view(B, T, num_heads, C // num_heads).chunk(2, dim=-1)  # 2 x (B, T, nh, hs/2)
+        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)  # autocast's dtype, or SDPA refuses
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).view(B, T, C)
+
+
+def make_norm(kind: str, d_model: int) -> nn.Module:
+    """LayerNorm (the book's), or RMSNorm: no mean subtraction, a gain only (LayerNorm's eps)."""
+    return nn.LayerNorm(d_model) if kind == "layernorm" else nn.RMSNorm(d_model, eps=1e-5)
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, num_heads: int, dropout: float):
+    def __init__(self, d_model: int, num_heads: int, dropout: float, rotary: Optional[Rotary] = None):
         super().__init__()
         self.num_heads, self.dropout = num_heads, dropout
+        self.rotary = rotary  # positions=rope: the positions enter here, on q and k, not added to x
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)  # the book's per-head q, k, v, fused
         self.proj = nn.Linear(d_model, d_model)
         self.resid_drop = Dropout(dropout)
@@ -41,6 +85,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        if self.rotary is not None:
+            q, k = self.rotary(q, self.num_heads), self.rotary(k, self.num_heads)  # (B, T, C)
         # (B, T, C) -> (B, nh, T, hs): all heads in one batched matmul
         q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2) for t in (q, k, v))
         y = causal_attention(q, k, v, self.dropout, self.training)  # (B, nh, T, hs)
@@ -48,23 +94,46 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y))
 
 
+class SwiGLU(nn.Module):
+    """SiLU(gate) * up (Shazeer 2020), gate and up from one fused Linear: (B, T, 2H) -> (B, T, H)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swiglu": SwiGLU}
+
+
+def ffn_hidden(d_model: int, activation: str) -> int:
+    """The book's 4 * d_model. SwiGLU has three d x H matrices instead of two, so H = 2/3 of that,
+    8d/3, keeps the feed-forward's parameter count about the same."""
+    if activation != "swiglu":
+        return 4 * d_model
+    return 8 * math.ceil(d_model / 3)  # 8d/3 rounded up to a multiple of 8 (as LLaMA): 216 for d_model=80
+
+
 class FeedForward(nn.Module):
-    def __init__(self, d_model: int, dropout: float):
+    def __init__(self, d_model: int, dropout: float, activation: str = "relu"):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.ReLU(),
-                                 nn.Linear(4 * d_model, d_model), Dropout(dropout))
+        hidden = ffn_hidden(d_model, activation)
+        up = 2 * hidden if activation == "swiglu" else hidden  # swiglu: gate and up, fused
+        # net.2 is the residual projection whatever the activation (init=scaled shrinks it)
+        self.net = nn.Sequential(nn.Linear(d_model, up), ACTIVATIONS[activation](),
+                                 nn.Linear(hidden, d_model), Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, num_heads: int, dropout: float):
+    def __init__(self, d_model: int, num_heads: int, dropout: float, activation: str = "relu",
+                 norm: str = "layernorm", rotary: Optional[Rotary] = None):
         super().__init__()
-        self.ln1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, num_heads, dropout)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, dropout)
+        self.ln1 = make_norm(norm, d_model)
+        self.attn = CausalSelfAttention(d_model, num_heads, dropout, rotary)
+        self.ln2 = make_norm(norm, d_model)
+        self.ffn = FeedForward(d_model, dropout, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))  # pre-LN residual, as in the book
@@ -79,14 +148,43 @@ class GPT(nn.Module):
         d, L = h_params["d_model"], h_params["context_length"]
         self.context_length = L
         vocab_size = h_params.get("vocab_size") or h_params["max_token_value"]
+        arch = architecture(h_params)
         self.tok = nn.Embedding(vocab_size, d)
-        self.register_buffer("pos", sinusoidal_positions(L, d), persistent=False)  # (L, C)
-        self.blocks = nn.Sequential(*[Block(d, h_params["num_heads"], h_params["dropout"])
-                                      for _ in range(h_params["num_blocks"])])
-        self.ln_f = nn.LayerNorm(d)
+        sinusoidal = sinusoidal_positions(L, d) if arch["positions"] == "sinusoidal" else None
+        self.register_buffer("pos", sinusoidal, persistent=False)  # (L, C), or None
+        self.pos_emb = nn.Embedding(L, d) if arch["positions"] == "learned" else None  # added, as the table is
+        rotary = Rotary(d // h_params["num_heads"], L) if arch["positions"] == "rope" else None
+        self.blocks = nn.Sequential(*[Block(d, h_params["num_heads"], h_params["dropout"], arch["activation"],
+                                            arch["norm"], rotary) for _ in range(h_params["num_blocks"])])
+        self.ln_f = make_norm(arch["norm"], d)
         self.head = nn.Linear(d, vocab_size)
-        if h_params.get("tie_weights"):
-            self.head.weight = self.tok.weight
+        if arch["tie_weights"]:
+            # One matrix, with the head's init: nn.Embedding's N(0, 1) as the head's weights makes the
+            # first logits ~sqrt(d_model) wide and wrecks training (valid loss 5.58 vs 3.89 untied, measured).
+            self.tok.weight = self.head.weight
+        if not arch["bias"]:
+            self._drop_biases()
+        if arch["init"] == "scaled":
+            self._init_scaled(h_params["num_blocks"])
+
+    def _drop_biases(self) -> None:
+        """bias=false: no bias in any Linear (the qkv projection never had one) nor LayerNorm."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.LayerNorm)):
+                m.bias = None  # unregisters the parameter: gone from parameters() and the state_dict
+
+    def _init_scaled(self, num_blocks: int) -> None:
+        """GPT-2's init: every Linear and Embedding weight N(0, 0.02), biases zero, and the two
+        projections that add into the residual stream (attention's proj, the FFN's second Linear)
+        N(0, 0.02 / sqrt(2 * num_blocks)), so the stream's variance does not grow with depth."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=INIT_STD)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        for block in self.blocks:
+            for w in (block.attn.proj.weight, block.ffn.net[2].weight):
+                nn.init.normal_(w, mean=0.0, std=INIT_STD / math.sqrt(2 * num_blocks))
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # a tied weight is counted once
@@ -94,11 +192,17 @@ class GPT(nn.Module):
             n -= self.tok.weight.numel()
             if self.head.weight is not self.tok.weight:
                 n -= self.head.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
         return n
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
         B, T = idx.shape
-        x = self.tok(idx) + self.pos[:T]  # (B, T, C)
+        x = self.tok(idx)  # (B, T, C)
+        if self.pos is not None:  # sinusoidal: the book's fixed table, (T, C) broadcast over the batch
+            x = x + self.pos[:T]
+        elif self.pos_emb is not None:  # learned
+            x = x + self.pos_emb.weight[:T]
         logits = self.head(self.ln_f(self.blocks(x)))  # (B, T, V)
         loss = None
         if targets is not None:

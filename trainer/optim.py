@@ -46,7 +46,7 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.devic
     """torch's optimizer with its fused kernel (CUDA and CPU alike: one kernel per tensor instead of
     ~10 per-tensor ops, 3x faster on CPU). eager=True (nothing compiled) also skips the
     `import torch._dynamo` that torch.optim does on first use (1 s of CPU at startup)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = param_groups(cfg, model)
     spec = OPTIMIZERS[plain(cfg.optimizer)]  # the name was checked by trainer.config.validate
     cls, kwargs = spec.cls, spec.kwargs(cfg)
     if eager:
@@ -57,6 +57,17 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.devic
         except (RuntimeError, TypeError):  # a device, dtype or class without that kernel
             continue
     return cls(params, **kwargs)
+
+
+def param_groups(cfg: DictConfig, model: torch.nn.Module) -> list:
+    """What weight decay applies to. weight_decay_on=all (the book's): every parameter, one group,
+    as checkpoints from before this key hold. matrices (GPT-2's, nanoGPT's): only the 2-D weights,
+    the Linears' and the embeddings'; biases and norm gains are not pulled towards zero."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if plain(cfg.weight_decay_on) == "all":
+        return params
+    return [{"params": [p for p in params if p.dim() >= 2]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
 def learning_rate_at(step: int, cfg: DictConfig) -> float:

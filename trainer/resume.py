@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer import checkpoint, provenance, rundir
-from trainer.config import CONF_DIR, flatten
+from trainer.config import CONF_DIR, flatten, schema_default, with_defaults
 from trainer.errors import UserError
 
 if TYPE_CHECKING:
@@ -36,8 +36,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trainer")
 
-# Keys whose change makes a checkpoint's weights meaningless for the requested model.
-SHAPE_KEYS = ("vocab_size", "d_model", "num_blocks", "num_heads", "context_length", "tie_weights")
+# Keys whose change makes a checkpoint's weights meaningless for the requested model (init only
+# draws the first weights, so it may change), and weight_decay_on, which makes the optimizer's
+# state another shape (one param group or two). A checkpoint from before a key existed has the default.
+SHAPE_KEYS = ("vocab_size", "d_model", "num_blocks", "num_heads", "context_length", "tie_weights",
+              "activation", "norm", "positions", "bias", "weight_decay_on")
 
 
 @dataclass
@@ -82,9 +85,10 @@ class ResumePoint:
     def check(self, h: dict[str, Any], vocab: Optional[torch.Tensor]) -> None:
         """The checkpoint's model must be this run's: same shape, same token ids."""
         for key in SHAPE_KEYS:
-            if self.state["h_params"].get(key) != h.get(key):
-                raise UserError(f"resume={self.where}: the checkpoint's {key}={self.state['h_params'].get(key)} "
-                                f"does not match this run's {key}={h.get(key)}")
+            was, now = (p.get(key, schema_default(key)) for p in (self.state["h_params"], h))
+            if was != now:
+                raise UserError(f"resume={self.where}: the checkpoint's {key}={was} does not match this "
+                                f"run's {key}={now}")
         saved = self.state.get("vocab")
         if (saved is None) != (vocab is None) or (vocab is not None and not torch.equal(saved, vocab)):
             # Same size, other tokens: each model id would now mean a different token.
@@ -125,7 +129,7 @@ def requeued(cfg: DictConfig, run_dir: Path) -> Optional[ResumePoint]:
     if cfg.get("resume") or not (run_dir / rundir.CKPT).is_file() or (run_dir / rundir.SUMMARY).exists():
         return None
     point = ResumePoint.load(str(run_dir))
-    saved = {k: v for k, v in point.state.get("config", {}).items() if k != "resume"}
+    saved = {k: v for k, v in with_defaults(point.state.get("config", {})).items() if k != "resume"}
     now = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True, enum_to_str=True).items() if k != "resume"}
     if saved != now:
         return None
@@ -155,7 +159,7 @@ def find_auto(overrides: list[str]) -> Path:
     wanted = {k: v for k, v in wanted.items() if k not in ignore}
     runs = [r for r in rundir.runs_under(rundir.OUTPUTS) if (r / rundir.CKPT).is_file()]
     for run in sorted(runs, key=lambda r: (r / rundir.CKPT).stat().st_mtime, reverse=True):
-        cfg = OmegaConf.to_container(OmegaConf.load(run / rundir.CONFIG), resolve=False)
+        cfg = with_defaults(OmegaConf.to_container(OmegaConf.load(run / rundir.CONFIG), resolve=False))
         if {k: v for k, v in cfg.items() if k not in ignore} == wanted:
             return run
     raise UserError(f"resume=auto: no run under {rundir.OUTPUTS}/ has a checkpoint and this config")

@@ -188,7 +188,7 @@ def _wrapped(run: Run) -> tuple[torch.nn.Module, torch.nn.Module]:
         return model, model
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    # The only buffer (the positions) is a constant: no need to re-broadcast it before every forward.
+    # The only buffers (the sinusoidal table, RoPE's cos/sin) are constants: no need to re-broadcast them.
     # Set as an attribute: the constructor argument's name differs across torch versions.
     ddp.broadcast_buffers = False
     return ddp, model

@@ -24,6 +24,8 @@ def train_flops_per_token(model: GPT, h: dict[str, Any]) -> float:
     n = model.num_params() - model.tok.weight.numel()
     if model.head.weight is model.tok.weight:
         n += model.tok.weight.numel()
+    if model.pos_emb is not None:  # positions=learned: a lookup too
+        n -= model.pos_emb.weight.numel()
     return 6 * n + 12 * h["num_blocks"] * h["context_length"] * h["d_model"]
 
 
