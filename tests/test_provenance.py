@@ -100,3 +100,24 @@ def test_resuming_with_other_code_warns_in_one_line_and_goes_on(trainer_here, tm
     assert metrics(tmp_path / "run")[-1]["step"] == 6
     again = ok(trainer_here("resume=run", "max_iters=8"))  # saved by this code now: nothing to say
     assert "other code" not in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(("name", "peak"), [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                            ("NVIDIA H100 NVL", 835e12), ("NVIDIA A100-SXM4-80GB", 312e12)])
+def test_on_cuda_the_gpu_is_named_in_the_provenance_and_the_first_line_and_sets_the_peak(monkeypatch, name, peak):
+    """No GPU needed: torch's device-name query is stubbed. scripts/gpu_check.sh's table reads the name back."""
+    from types import SimpleNamespace
+
+    from trainer import device, run
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: name)
+    monkeypatch.delenv(device.PEAK_FLOPS_ENV, raising=False)
+    cuda = torch.device("cuda", 0)
+    prov = provenance.collect(cuda, 8, ["model=gpt2"])
+    assert prov["device"] == "cuda" and prov["hardware"] == name
+    assert device.peak_flops(cuda) == peak
+    fake = SimpleNamespace(dist=SimpleNamespace(enabled=False, world_size=1), device=cuda, threads=8, provenance=prov,
+                           cfg=SimpleNamespace(batch_size=16, gradient_accumulation_steps=1), resumed_at=None,
+                           corpus=SimpleNamespace(n_tokens=10, vocab_size=5, max_token_value=9), effective_batch=16,
+                           model=SimpleNamespace(num_params=lambda: 100), dir="run")
+    assert run.describe(fake).startswith(f"Training on cuda:0 ({name}, 8 threads): 100 parameters")

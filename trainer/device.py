@@ -16,7 +16,9 @@ from trainer.errors import UserError
 # Dense bf16 peak FLOP/s (no sparsity) of common GPUs, for MFU; matched against the device name.
 GPU_PEAK_FLOPS = {
     "H200": 989e12,
-    "H100": 989e12,  # SXM; the PCIe card peaks at 756e12
+    "H100 PCIe": 756e12,  # before "H100": the first key in the name wins
+    "H100 NVL": 835e12,
+    "H100": 989e12,  # SXM ("NVIDIA H100 80GB HBM3")
     "A100": 312e12,
     "L40S": 362e12,
     "L4": 121e12,

@@ -198,7 +198,8 @@ def describe(run: Run) -> str:
     """The run's first log line: device, threads, ranks, sizes, batch and run dir."""
     d, cfg, c = run.dist, run.cfg, run.corpus
     ranks = f" x {d.world_size} ranks ({'nccl' if run.device.type == 'cuda' else 'gloo'})" if d.enabled else ""
-    return (f"{'Resuming' if run.resumed_at is not None else 'Training'} on {run.device} ({run.threads} "
+    gpu = f"{run.provenance.get('hardware')}, " if run.device.type == "cuda" else ""  # which GPU, in the log too
+    return (f"{'Resuming' if run.resumed_at is not None else 'Training'} on {run.device} ({gpu}{run.threads} "
             f"thread{'' if run.threads == 1 else 's'}){ranks}: {run.model.num_params():,} parameters, "
             f"{c.n_tokens:,} tokens (vocab {c.vocab_size:,} of {c.max_token_value:,} ids), effective batch "
             f"{run.effective_batch} (batch_size {cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation "
