@@ -76,6 +76,10 @@ class Run:
     model_path: Path
     eval_loss: Optional[float] = None  # re-evaluated on the shared fixed windows
     eval_loss_restricted: Optional[float] = None  # book only: softmax over the corpus's ids
+    # ours only: the share of the measured CPU matmul peak (one core x threads) that the training
+    # steps reached, and that the whole loop (its evals and checkpoints too) reached
+    steps_mfu: Optional[float] = None
+    loop_mfu: Optional[float] = None
 
 
 @dataclass
@@ -135,13 +139,21 @@ def run_ours(args, variant: Variant, rep: int, work: Path, env: dict[str, str]) 
     wall, cpu, rss, code = timed_child(our_command(args, variant, run_dir, args.iters), log, env, work)
     if code != 0:
         sys.exit(f"error: {variant.name} failed (exit {code}); see {log}:\n{log.read_text()[-2000:]}")
-    from trainer.rundir import CKPT, SUMMARY, read_summary
+    from trainer.rundir import CKPT, SUMMARY, read_metrics, read_summary
 
     summary = read_summary(run_dir)
     if not summary:
         sys.exit(f"error: {variant.name} wrote no {run_dir / SUMMARY}; see {log}")
-    return Run(variant.name, rep, wall, cpu, rss, summary.get("wall_s"), summary.get("final_valid_loss"),
-               run_dir / CKPT)
+    run = Run(variant.name, rep, wall, cpu, rss, summary.get("wall_s"), summary.get("final_valid_loss"),
+              run_dir / CKPT)
+    # Each eval row has the steps' tokens/s and their MFU (tokens/s x FLOPs/token / peak): their
+    # ratio, FLOPs/token / peak, turns the loop's tokens/s into the loop's MFU.
+    rows = [r for r in read_metrics(run_dir) if r.get("mfu") and r.get("tokens_per_s")]
+    if rows and run.loop_s:
+        run.steps_mfu = statistics.median(r["mfu"] for r in rows)
+        run.loop_mfu = args.iters * BOOK["batch_size"] * BOOK["context_length"] / run.loop_s * (
+            rows[-1]["mfu"] / rows[-1]["tokens_per_s"])
+    return run
 
 
 # ----------------------------------------------------------------------------- evaluating
@@ -319,6 +331,8 @@ def table(runs: list[Run], names: list[str], tokens: int) -> str:
         ("wall time, process start to checkpoint saved (s)", lambda r: r.wall_s, ".1f", "time"),
         ("training tokens/s, whole run", lambda r: tokens / r.wall_s, ",.0f", "rate"),
         ("training tokens/s, training loop with evals", lambda r: tokens / r.loop_s if r.loop_s else None, ",.0f", "rate"),
+        ("training loop's MFU: share of the measured one-core fp32 matmul peak", lambda r: r.loop_mfu, ".1%", None),
+        ("training steps' MFU (evals and checkpoints left out)", lambda r: r.steps_mfu, ".1%", None),
         ("CPU time, user + sys (s)", lambda r: r.cpu_s, ".1f", "time"),
         ("peak RSS (MB)", lambda r: r.peak_rss_mb, ",.0f", "time"),
         ("final valid loss, same fixed windows for both", lambda r: r.eval_loss, ".4f", None),
