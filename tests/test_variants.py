@@ -70,6 +70,7 @@ def test_modern_preset_trains_with_every_modern_choice_at_tinys_size(trainer_her
 # ----------------------------------------------------------------------------- the book's model, unchanged
 
 BOOK = {"d_model": 80, "num_blocks": 6, "num_heads": 4, "context_length": 128, "dropout": 0.1, "vocab_size": 100}
+BOOK_TIED = {**BOOK, "tie_weights": True}
 # Taken from main at 8e94b43 (before the variants): GPT(BOOK) after torch.manual_seed(0).
 BOOK_BLOCK = ["ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.proj.weight", "attn.proj.bias", "ln2.weight",
               "ln2.bias", "ffn.net.0.weight", "ffn.net.0.bias", "ffn.net.2.weight", "ffn.net.2.bias"]
@@ -183,9 +184,11 @@ def test_scaled_init_is_gpt2s():
 
 
 def test_tied_weights_keep_the_heads_init_not_the_embeddings_n01():
-    model = GPT({**BOOK, "tie_weights": True})
+    model = GPT(BOOK_TIED)
     assert model.tok.weight is model.head.weight
     assert model.tok.weight.abs().max() <= 1 / math.sqrt(80)  # nn.Linear's U(-1/sqrt(d), 1/sqrt(d))
+    sized = model.to("meta")  # what plan=true sizes: still one matrix, counted once
+    assert sized.tok.weight is sized.head.weight and sized.num_params() == param_count(BOOK_TIED, 100)
 
 
 def test_rope_makes_attention_scores_depend_on_the_offset_only():

@@ -98,16 +98,16 @@ def score(model: torch.nn.Module, s: EvalSet, device: torch.device, amp: Optiona
     # difference of sums, except on MPS, which has none
     wide = torch.float32 if device.type == "mps" else torch.float64
     total = torch.zeros(4, device=device, dtype=wide)
-    for chunk in rows.split(rows_per_forward):
-        xb, yb = s.x[chunk].to(device), s.y[chunk].to(device)  # (B, T) each
-        with autocast(device, amp):
+    with autocast(device, amp):  # one autocast for every forward: it casts each weight once, not per chunk
+        for chunk in rows.split(rows_per_forward):
+            xb, yb = s.x[chunk].to(device), s.y[chunk].to(device)  # (B, T) each
             logits, _ = model(xb)  # (B, T, V)
-        per_window = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
-        per_window = per_window.view(len(chunk), -1).mean(dim=1)  # (B,)
-        per_window = per_window.to(wide)
-        total += torch.stack([per_window.sum(), per_window.square().sum(),
-                              torch.tensor(float(len(chunk)), device=device, dtype=wide),
-                              s.nbytes[chunk].sum().to(device=device, dtype=wide)])
+            per_window = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
+            per_window = per_window.view(len(chunk), -1).mean(dim=1)  # (B,)
+            per_window = per_window.to(wide)
+            total += torch.stack([per_window.sum(), per_window.square().sum(),
+                                  torch.tensor(float(len(chunk)), device=device, dtype=wide),
+                                  s.nbytes[chunk].sum().to(device=device, dtype=wide)])
     sum_loss, sum_sq, n, nbytes = distributed.total(total, d).tolist()
     model.train(was_training)
     mean = sum_loss / n

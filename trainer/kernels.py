@@ -86,8 +86,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
             raise RuntimeError("kernels.cross_entropy: backward through the same loss twice")
         ctx.used = True
         (grad,) = ctx.saved_tensors
-        scaled = grad if ctx.dtype == grad.dtype else torch.empty_like(grad, dtype=ctx.dtype)
-        return torch.mul(grad, grad_loss / grad.shape[0], out=scaled), None
+        return grad.mul_(grad_loss / grad.shape[0]).to(ctx.dtype), None
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -158,7 +158,8 @@ class GPT(nn.Module):
                                             arch["norm"], rotary) for _ in range(h_params["num_blocks"])])
         self.ln_f = make_norm(arch["norm"], d)
         self.head = nn.Linear(d, vocab_size)
-        if arch["tie_weights"]:
+        self.tied = arch["tie_weights"]
+        if self.tied:
             # One matrix, with the head's init: nn.Embedding's N(0, 1) as the head's weights makes the
             # first logits ~sqrt(d_model) wide and wrecks training (valid loss 5.58 vs 3.89 untied, measured).
             self.tok.weight = self.head.weight
@@ -166,6 +167,14 @@ class GPT(nn.Module):
             self._drop_biases()
         if arch["init"] == "scaled":
             self._init_scaled(h_params["num_blocks"])
+
+    def _apply(self, fn, recurse=True):
+        # .to() may give the two names two converted copies (it does for the meta device, which
+        # plan=true sizes models on): tie them again, so a tied model stays one matrix anywhere.
+        super()._apply(fn, recurse)
+        if self.tied:
+            self.tok.weight = self.head.weight
+        return self
 
     def _drop_biases(self) -> None:
         """bias=false: no bias in any Linear (the qkv projection never had one) nor LayerNorm."""
