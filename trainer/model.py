@@ -57,15 +57,21 @@ class Rotary(nn.Module):
             raise ValueError(f"positions=rope: needs an even head size, d_model/num_heads = {head_size}")
         inv_freq = base ** (-torch.arange(0, head_size, 2).float() / head_size)  # (hs/2,)
         angles = torch.outer(torch.arange(context_length).float(), inv_freq)  # (T, hs/2)
-        self.register_buffer("cos", angles.cos().unsqueeze(1), persistent=False)  # (T, 1, hs/2): any nh
-        self.register_buffer("sin", angles.sin().unsqueeze(1), persistent=False)
+        # Channel i < hs/2 pairs with i + hs/2: (x_i cos - x_j sin, x_j cos + x_i sin). As
+        # x * cos + swap_halves(x) * sin with the sign in the sin table: three ops for any number of heads.
+        cos, sin = angles.cos(), angles.sin()
+        self.register_buffer("cos", torch.cat([cos, cos], dim=-1).unsqueeze(1), persistent=False)  # (T, 1, hs)
+        self.register_buffer("sin", torch.cat([-sin, sin], dim=-1).unsqueeze(1), persistent=False)
 
     def forward(self, x: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """x: (B, T, C), nh heads side by side -> the same, each head rotated; channel i pairs with i + hs/2."""
+        """x: (B, T, num_heads * hs), heads side by side (q's and k's together) -> the same, each head rotated."""
         B, T, C = x.shape
-        x1, x2 = x.view(B, T, num_heads, C // num_heads).chunk(2, dim=-1)  # 2 x (B, T, nh, hs/2)
-        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)  # autocast's dtype, or SDPA refuses
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).view(B, T, C)
+        heads = x.view(B, T, num_heads, C // num_heads)  # (B, T, n, hs)
+        first, second = heads.chunk(2, dim=-1)  # 2 x (B, T, n, hs/2)
+        cos, sin = self.cos[:T], self.sin[:T]
+        if cos.dtype != x.dtype:  # autocast's bf16: SDPA wants q, k and v in one dtype
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        return (heads * cos + torch.cat([second, first], dim=-1) * sin).view(B, T, C)
 
 
 def make_norm(kind: str, d_model: int) -> nn.Module:
@@ -84,9 +90,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        if self.rotary is not None:
-            q, k = self.rotary(q, self.num_heads), self.rotary(k, self.num_heads)  # (B, T, C)
+        qkv = self.qkv(x)  # (B, T, 3C)
+        q, k, v = qkv.split(C, dim=2)  # 3 x (B, T, C)
+        if self.rotary is not None:  # the positions enter here: q's and k's heads rotated in one go
+            q, k = self.rotary(qkv[..., : 2 * C], 2 * self.num_heads).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs): all heads in one batched matmul
         q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2) for t in (q, k, v))
         y = causal_attention(q, k, v, self.dropout, self.training)  # (B, nh, T, hs)
