@@ -58,13 +58,12 @@ def test_each_variant_trains_and_its_checkpoint_rebuilds_and_samples(trainer_her
     assert generate(tmp_path / "run", tmp_path) == generate(tmp_path / "run", tmp_path) != ""  # seeded
 
 
-def test_modern_preset_trains_with_every_modern_choice_at_tinys_size(trainer_here, tmp_path):
+def test_modern_preset_trains_with_the_sweeps_choices_at_tinys_size(trainer_here, tmp_path):
     ok(trainer_here("model=modern", "max_iters=1", "eval_interval=1", "eval_iters=1", "device=cpu",
                     "num_threads=1", "hydra.run.dir=run"))
     h = torch.load(tmp_path / "run" / rundir.CKPT, weights_only=True)["h_params"]
     assert (h["d_model"], h["num_blocks"], h["num_heads"], h["context_length"], h["dropout"]) == (80, 6, 4, 128, 0.1)
-    assert {k: h[k] for k in ARCH_DEFAULTS} == {"activation": "swiglu", "norm": "rmsnorm", "positions": "rope",
-                                                "tie_weights": True, "init": "scaled", "bias": False}
+    assert {k: h[k] for k in ARCH_DEFAULTS} == {**ARCH_DEFAULTS, "positions": "rope", "bias": False}
 
 
 # ----------------------------------------------------------------------------- the book's model, unchanged
