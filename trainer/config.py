@@ -25,44 +25,20 @@ from trainer.errors import UserError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
+def choices(name: str, *values: str) -> type[Enum]:
+    """A str Enum with one member per value, named as it: the values a key may take, checked by
+    Hydra when it composes the config (a wrong one fails there, naming the key and the choices)."""
+    return Enum(name, [(v, v) for v in values], type=str, module=__name__)
 
 
-class LRSchedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-
-
+Device = choices("Device", "auto", "cpu", "cuda", "mps")
+LRSchedule = choices("LRSchedule", "constant", "cosine")
 # The model's architecture (trainer.model): the first value of each is the book's.
-class Activation(str, Enum):
-    relu = "relu"
-    gelu = "gelu"
-    swiglu = "swiglu"
-
-
-class Norm(str, Enum):
-    layernorm = "layernorm"
-    rmsnorm = "rmsnorm"
-
-
-class Positions(str, Enum):
-    sinusoidal = "sinusoidal"
-    learned = "learned"
-    rope = "rope"
-
-
-class Init(str, Enum):
-    pytorch = "pytorch"
-    scaled = "scaled"
-
-
-class WeightDecayOn(str, Enum):
-    all = "all"
-    matrices = "matrices"
+Activation = choices("Activation", "relu", "gelu", "swiglu")
+Norm = choices("Norm", "layernorm", "rmsnorm")
+Positions = choices("Positions", "sinusoidal", "learned", "rope")
+Init = choices("Init", "pytorch", "scaled")
+WeightDecayOn = choices("WeightDecayOn", "all", "matrices")
 
 
 class Dtype(str, Enum):
