@@ -101,3 +101,15 @@ def test_cross_entropy_refuses_a_second_backward_instead_of_a_wrong_gradient():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="twice"):
         loss.backward()
+
+
+def test_code_that_torch_compile_traces_gets_torchs_own_ops(monkeypatch):
+    """Inductor fuses dropout, attention and the loss itself; the kernels step aside for it."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    x = torch.ones(1000)
+    torch.manual_seed(0)
+    mine = kernels.dropout(x, 0.5, training=True)
+    torch.manual_seed(0)
+    assert torch.equal(mine, F.dropout(x, 0.5, training=True))
+    logits = torch.randn(4, 10, requires_grad=True)
+    assert type(kernels.cross_entropy(logits, torch.tensor([1, 2, 3, 4])).grad_fn).__name__.startswith("NllLoss")

@@ -1,7 +1,8 @@
 """Cheaper CPU versions of three pieces of the training step, with the same maths.
 
 A training step of the book's model on a CPU spends less than half its time in matmuls; the rest
-went to three places, each replaced here on CPU (elsewhere torch's own kernels are used):
+went to three places, each replaced here on CPU in eager mode (on a GPU, and in code torch.compile
+traces, which fuses these itself, torch's own ops are used):
 
 - dropout masks: torch draws one Mersenne-Twister number per element through bernoulli_; here one
   64-bit draw makes two 32-bit uniforms, kept where they pass the threshold p * 2**32. Same rate p
@@ -24,6 +25,10 @@ import torch
 from torch.nn import functional as F
 
 
+def _eager_cpu(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """A bool mask of `shape`, each element True with probability 1 - p, from the global generator."""
     n = math.prod(shape)
@@ -37,14 +42,14 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """F.dropout: zero each element with probability p, scale the rest by 1 / (1 - p)."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0:
+    if not _eager_cpu(x) or p >= 1.0:
         return F.dropout(x, p, training)
     return x * keep_mask(x.shape, p, x.device).to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs), causal) @ v with dropout p on the attention weights; (B, nh, T, hs) each."""
-    if not training or p == 0.0 or q.device.type != "cpu":
+    if not training or p == 0.0 or not _eager_cpu(q):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p if training else 0.0)
     B, nh, T, hs = q.shape
     q, k, v = (t.reshape(B * nh, T, hs) for t in (q, k, v))  # batched matmuls take 3-D
@@ -91,7 +96,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """F.cross_entropy(logits, targets) for (N, V) float logits and (N,) class ids, mean over N."""
-    if logits.device.type != "cpu" or not torch.is_grad_enabled() or not logits.requires_grad:
+    if not _eager_cpu(logits) or not torch.is_grad_enabled() or not logits.requires_grad:
         return F.cross_entropy(logits, targets)
     return _SoftmaxCrossEntropy.apply(logits, targets)
 
