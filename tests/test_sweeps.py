@@ -136,7 +136,7 @@ def test_submitit_local_launcher_runs_two_jobs(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_searches_learning_rate_on_a_log_scale_and_minimises_best_valid_loss(cli, tmp_path):
+def test_optuna_searches_learning_rate_on_a_log_scale_and_minimises_the_final_valid_loss(cli, tmp_path):
     # No -m: the preset makes it a sweep. max_iters is shorter than TINY's to keep 3 trials quick.
     proc = cli("hparams_search=lr_optuna", "hydra.sweeper.n_trials=3", *TINY, "max_iters=10", "eval_interval=5")
     assert proc.returncode == 0, proc.stderr
@@ -145,7 +145,7 @@ def test_optuna_searches_learning_rate_on_a_log_scale_and_minimises_best_valid_l
     assert len(jobs) == 3
     lrs = [OmegaConf.load(j / rundir.CONFIG).learning_rate for j in jobs]
     assert len(set(lrs)) == 3 and all(1e-5 <= lr <= 1e-2 for lr in lrs)
-    best = [json.loads((j / rundir.SUMMARY).read_text())["best_valid_loss"] for j in jobs]
+    best = [json.loads((j / rundir.SUMMARY).read_text())["final_valid_loss"] for j in jobs]  # the whole valid split
     result = yaml.safe_load((root / "optimization_results.yaml").read_text())
     assert result["best_value"] == pytest.approx(min(best))
     assert result["best_params"]["learning_rate"] == pytest.approx(lrs[best.index(min(best))])

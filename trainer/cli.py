@@ -14,7 +14,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -38,6 +38,14 @@ from trainer.sweep.threads import parallel_jobs
 from trainer.train import train
 
 
+def objective(summary: dict[str, Any]) -> float:
+    """What a sweeper (Optuna) minimises: the final loss on the whole valid split, the yardstick
+    the sweep summary and compare rank by; a summary from before it existed gives its best
+    periodic valid loss."""
+    final = summary.get("final_valid_loss")
+    return final if final is not None else summary["best_valid_loss"]
+
+
 class Task:
     """What Hydra runs for each job. An object, not a closure over globals: what the command line
     decided reaches the job explicitly, and joblib and submitit can pickle it to their workers."""
@@ -47,7 +55,7 @@ class Task:
         self.full_error = full_error  # the user set HYDRA_FULL_ERROR=1: tracebacks, not one line
 
     def __call__(self, cfg: DictConfig) -> float:
-        """One job: train, write the summary, return the best valid loss (what a sweeper minimises).
+        """One job: train, write the summary, return its objective (what a sweeper minimises).
 
         A single run's failure exits here, not through Hydra, which would add a line of its own
         ("Error executing job with overrides"); a sweep's job raises, and the sweep goes on.
@@ -56,7 +64,7 @@ class Task:
         run_dir = Path(hc.runtime.output_dir)
         single = hc.mode != RunMode.MULTIRUN and not self.full_error
         if not single and finished_before_requeue(run_dir):
-            return rundir.read_summary(run_dir)["best_valid_loss"]
+            return objective(rundir.read_summary(run_dir))
         resume = self.invocation.resume or (requeued(cfg, run_dir) if hc.mode == RunMode.MULTIRUN else None)
         try:
             with self.holding(run_dir):
@@ -76,7 +84,7 @@ class Task:
             fail(f"{e}; continue with: {_command()} resume={run_dir}", e.exit_code, self.invocation)
         if env_rank() == 0:
             rundir.write_summary(run_dir, summary)
-        return summary["best_valid_loss"]
+        return objective(summary)
 
     def holding(self, run_dir: Path) -> contextlib.AbstractContextManager:
         """The job's dir locked while it trains: already, by trainer.argv (a single run), or now (a
