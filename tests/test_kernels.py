@@ -95,6 +95,12 @@ def test_cross_entropy_of_a_hopeless_target_is_exact_not_infinite():
     assert torch.isfinite(logits.grad).all()
 
 
+def test_cross_entropy_ignores_padding_targets_as_torch_does():
+    logits = torch.randn(4, 10, requires_grad=True)
+    targets = torch.tensor([1, -100, 3, 4])
+    assert torch.equal(kernels.cross_entropy(logits, targets), F.cross_entropy(logits, targets))
+
+
 def test_cross_entropy_refuses_a_second_backward_instead_of_a_wrong_gradient():
     logits = torch.randn(4, 10, requires_grad=True)
     loss = kernels.cross_entropy(logits, torch.tensor([1, 2, 3, 4]))

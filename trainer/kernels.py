@@ -95,8 +95,10 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """F.cross_entropy(logits, targets) for (N, V) float logits and (N,) class ids, mean over N."""
-    if not _eager_cpu(logits) or not torch.is_grad_enabled() or not logits.requires_grad:
+    """F.cross_entropy(logits, targets) for (N, V) float logits and (N,) class ids, mean over N.
+    Targets with F.cross_entropy's ignore_index (-100, a padding convention) take torch's own path."""
+    if (not _eager_cpu(logits) or not torch.is_grad_enabled() or not logits.requires_grad
+            or targets.min() < 0):
         return F.cross_entropy(logits, targets)
     return _SoftmaxCrossEntropy.apply(logits, targets)
 
