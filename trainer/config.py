@@ -10,8 +10,9 @@ not hyperparameters live in nested nodes (`wandb.*`) or are listed in `NOT_H_PAR
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
+import functools
+from dataclasses import MISSING as DATACLASS_MISSING
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -135,18 +136,21 @@ def plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
+@functools.cache
+def schema_defaults() -> dict[str, Any]:
+    """TrainConfig's root keys that have a default, each at it, plain ("relu", not Activation.relu)."""
+    return {f.name: plain(f.default) for f in fields(TrainConfig) if f.default not in (DATACLASS_MISSING, MISSING)}
+
+
 def schema_default(key: str) -> Any:
-    """TrainConfig's default for a root key, plain ("relu", not Activation.relu); None where it has none."""
-    f = {f.name: f for f in fields(TrainConfig)}.get(key)
-    return None if f is None or f.default in (dataclasses.MISSING, MISSING) else plain(f.default)
+    """TrainConfig's default for a root key; None where it has none."""
+    return schema_defaults().get(key)
 
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config (a run's config.yaml, a checkpoint's) with the root keys added to the schema
     since it was written, at their defaults: a run made before `activation` existed was a relu run."""
-    added = {f.name: plain(f.default) for f in fields(TrainConfig)
-             if f.name not in saved and f.default not in (dataclasses.MISSING, MISSING)}
-    return {**saved, **added}
+    return {**schema_defaults(), **saved}
 
 
 def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
