@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from trainer.errors import UserError
-from trainer.model import architecture, ffn_hidden
+from trainer.model import architecture, ffn_widths
 
 FLOAT = 4  # bytes: the weights, gradients, moments and activations are float32 (autocast only shrinks some)
 REFUSE_ABOVE = 0.9  # of the memory available: over this even the low estimate cannot fit
@@ -30,8 +30,7 @@ def param_count(h: Mapping[str, Any], vocab_size: int) -> int:
     the final norm and the head; learned positions add context_length x d_model."""
     d, V, arch = h["d_model"], vocab_size, architecture(h)
     bias = int(arch["bias"])
-    hidden = ffn_hidden(d, arch["activation"])
-    up = 2 * hidden if arch["activation"] == "swiglu" else hidden  # swiglu: gate and up, fused
+    up, hidden = ffn_widths(d, arch["activation"])
     norm = (1 + bias) * d if arch["norm"] == "layernorm" else d  # a gain (and a bias); RMSNorm: a gain only
     attn = 4 * d * d + bias * d  # qkv (never a bias, as in the book) and the output projection
     ffn = (d + bias) * up + (hidden + bias) * d

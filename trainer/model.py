@@ -112,19 +112,20 @@ class SwiGLU(nn.Module):
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swiglu": SwiGLU}
 
 
-def ffn_hidden(d_model: int, activation: str) -> int:
-    """The book's 4 * d_model. SwiGLU has three d x H matrices instead of two, so H = 2/3 of that,
-    8d/3, keeps the feed-forward's parameter count about the same."""
+def ffn_widths(d_model: int, activation: str) -> tuple[int, int]:
+    """(the first Linear's outputs, the hidden width H the second Linear reads). The book's: 4 * d_model
+    both. SwiGLU's first Linear makes gate and up, 2H, fused; with three d x H matrices instead of
+    two, H = 8d/3 keeps the feed-forward's parameter count about the same."""
     if activation != "swiglu":
-        return 4 * d_model
-    return 8 * math.ceil(d_model / 3)  # 8d/3 rounded up to a multiple of 8 (as LLaMA): 216 for d_model=80
+        return 4 * d_model, 4 * d_model
+    hidden = 8 * math.ceil(d_model / 3)  # 8d/3 rounded up to a multiple of 8 (as LLaMA): 216 for d_model=80
+    return 2 * hidden, hidden
 
 
 class FeedForward(nn.Module):
     def __init__(self, d_model: int, dropout: float, activation: str = "relu"):
         super().__init__()
-        hidden = ffn_hidden(d_model, activation)
-        up = 2 * hidden if activation == "swiglu" else hidden  # swiglu: gate and up, fused
+        up, hidden = ffn_widths(d_model, activation)
         # net.2 is the residual projection whatever the activation (init=scaled shrinks it)
         self.net = nn.Sequential(nn.Linear(d_model, up), ACTIVATIONS[activation](),
                                  nn.Linear(hidden, d_model), Dropout(dropout))
