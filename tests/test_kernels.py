@@ -14,13 +14,27 @@ from trainer import kernels
 def test_dropout_masks_keep_each_element_with_probability_one_minus_p():
     torch.manual_seed(0)
     for p in (0.1, 0.5, 0.9):
-        keep = kernels.keep_mask(torch.Size([1000, 1001]), p, torch.device("cpu"))  # odd count: a half-used draw
+        keep = kernels.keep_mask(torch.Size([1000, 1001]), p, torch.device("cpu"))  # odd count: a part-used draw
         n = keep.numel()
         se = math.sqrt(p * (1 - p) / n)
         assert abs(keep.float().mean().item() - (1 - p)) < 5 * se
-        # the two int32 halves of one 64-bit draw are not correlated
-        flat = keep.flatten()[: n - n % 2].view(-1, 2).float()
-        assert abs(torch.corrcoef(flat.T)[0, 1].item()) < 5 / math.sqrt(n / 2)
+        # the four int16 quarters of one 64-bit draw are not correlated
+        quarters = keep.flatten()[: n - n % 4].view(-1, 4).float().T  # (4, n/4)
+        corr = torch.corrcoef(quarters)[torch.triu_indices(4, 4, 1).unbind()]
+        assert corr.abs().max().item() < 5 / math.sqrt(n / 4)
+
+
+def test_dropout_masks_keep_16_bit_uniforms_at_a_rate_within_two_to_the_minus_17_of_one_minus_p():
+    every_value = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)  # each 16-bit uniform once
+    for p in (0.1, 0.25, 1 / 3, 0.9):
+        exact_rate = (every_value >= kernels.keep_threshold(p)).double().mean().item()
+        assert abs(exact_rate - (1 - p)) <= 2**-17
+    # and a mask is those uniforms: the global generator's 64-bit draws read as four int16 each
+    torch.manual_seed(5)
+    keep = kernels.keep_mask(torch.Size([3, 7]), 0.1, torch.device("cpu"))
+    torch.manual_seed(5)
+    draws = torch.empty(6, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)[:21]
+    assert torch.equal(keep.flatten(), draws >= kernels.keep_threshold(0.1))
 
 
 def test_dropout_zeroes_or_scales_each_element_and_is_identity_in_eval():
