@@ -31,13 +31,26 @@ from trainer.model import GPT  # noqa: E402
 BOOK = dict(d_model=80, num_blocks=6, num_heads=4, context_length=128, dropout=0.1)
 
 
-def model_class(code: Path) -> type:
-    """The GPT class of another checkout's trainer/model.py (its trainer.kernels, if any, resolves
-    to this checkout's: compare checkouts from before the kernels, or copy them along)."""
-    spec = importlib.util.spec_from_file_location(f"model_{code.name}", code / "trainer" / "model.py")
+def load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.GPT
+    return module
+
+
+def model_class(code: Path) -> type:
+    """The GPT class of another checkout's trainer/model.py, bound to that checkout's own
+    trainer/kernels.py where it has one (its `from trainer.kernels import ...` runs while that
+    module stands in for this checkout's)."""
+    ours = sys.modules.get("trainer.kernels")
+    kernels = code / "trainer" / "kernels.py"
+    if kernels.is_file():
+        sys.modules["trainer.kernels"] = load_module(f"kernels_{code.name}", kernels)
+    try:
+        return load_module(f"model_{code.name}", code / "trainer" / "model.py").GPT
+    finally:
+        if ours is not None:
+            sys.modules["trainer.kernels"] = ours
 
 
 def parse_overrides(spec: str) -> dict:

@@ -125,3 +125,25 @@ def test_bench_runs_both_trainers_and_prints_the_table(env, tmp_path):
     assert {r["who"] for r in runs} == {"book", "ours"}
     assert all(r["eval_loss"] > 0 and r["peak_rss_mb"] > 0 for r in runs)
     assert [r["eval_loss_restricted"] is not None for r in runs] == [r["who"] == "book" for r in runs]
+
+
+def test_bench_step_times_another_checkout_with_its_own_kernels(tmp_path):
+    """scripts/bench_step.py --code OLD: OLD's model.py runs OLD's kernels.py, not this checkout's,
+    so that a change to the kernels is what the side-by-side step measures."""
+    old = tmp_path / "old"
+    shutil.copytree(REPO / "trainer", old / "trainer")
+    kernels = old / "trainer" / "kernels.py"
+    kernels.write_text(kernels.read_text() + "\nOLD_CHECKOUT = True\n")
+    spec = importlib.util.spec_from_file_location("bench_step", REPO / "scripts" / "bench_step.py")
+    bench_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_step)
+
+    old_model = bench_step.model_class(old).forward.__globals__  # the old model.py's namespace
+    assert old_model["cross_entropy"].__globals__.get("OLD_CHECKOUT")
+    assert not hasattr(sys.modules["trainer.kernels"], "OLD_CHECKOUT")  # this checkout's stays in place
+
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_step.py"), "--code", str(old),
+                          "--vocab", "64", "--rounds", "1", "--steps", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "old (book's model)" in out.stdout and "this checkout (book's model)" in out.stdout
