@@ -6,9 +6,8 @@ traces, which fuses these itself, torch's own ops are used):
 
 - dropout masks: torch draws one Mersenne-Twister number per element through bernoulli_; here one
   64-bit draw makes four 16-bit uniforms, kept where they pass the threshold p * 2**16. Same places,
-  same rate p to within 2**-17 (p = 0.1 drops 0.1000061), far below what a run could detect (its
-  standard error over a whole run of the book's model is ~1e-5); the masks come from the global
-  generator, so a checkpoint's RNG state still resumes them exactly.
+  same rate p to within 2**-17 (p = 0.1 drops 0.1000061 of the elements); the masks come from the
+  global generator, so a checkpoint's RNG state still resumes them exactly.
 - attention with dropout: F.scaled_dot_product_attention has no fused CPU kernel that takes a
   dropout, and its fallback adds a dozen small ops per call; here it is the textbook formula,
   softmax(q k^T / sqrt(hs) + causal mask) with dropout, then @ v.
@@ -33,8 +32,9 @@ def _eager_cpu(t: torch.Tensor) -> bool:
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """A bool mask of `shape`, each element True with probability 1 - p, from the global generator."""
     n = math.prod(shape)
-    # full-range 64-bit draws, read as four int16 uniforms each: the generator's time is most of a
-    # mask's cost, and 16 bits a mask element draw a quarter of what bernoulli_ does
+    # full-range 64-bit draws (two 32-bit outputs of the generator), read as four int16 uniforms:
+    # the generator is most of a mask's cost, and this takes half an output a mask element, where
+    # bernoulli_ takes one
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     uniform = bits.view(torch.int16)[:n].view(shape)  # in [-2**15, 2**15)
     return uniform >= keep_threshold(p)
