@@ -82,6 +82,11 @@ def test_attention_with_dropout_is_the_textbook_formula(monkeypatch):
     assert torch.allclose(kernels.causal_attention(q, k, v, 0.2, training=True), expected)
 
 
+def test_attention_with_dropout_one_drops_every_weight():
+    q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
+    assert torch.equal(kernels.causal_attention(q, k, v, 1.0, training=True), torch.zeros(2, 4, 16, 8))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_cross_entropy_and_its_gradient_equal_torch(dtype):
     torch.manual_seed(0)

@@ -56,7 +56,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs), causal) @ v with dropout p on the attention weights; (B, nh, T, hs) each."""
-    if not training or p == 0.0 or not _eager_cpu(q):
+    if not training or p == 0.0 or p >= 1.0 or not _eager_cpu(q):  # p = 1: torch's zeros, as dropout()
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p if training else 0.0)
     B, nh, T, hs = q.shape
     q, k, v = (t.reshape(B * nh, T, hs) for t in (q, k, v))  # batched matmuls take 3-D
