@@ -35,10 +35,11 @@ GPT.forward = _shifted_forward
 """
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
+def _script_module(name: str = "bench"):
+    """scripts/NAME.py, imported."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # its dataclasses look their module up there
+    sys.modules[name] = module  # bench.py's dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -72,7 +73,7 @@ def test_compact_model_loss_is_the_full_vocabulary_loss(cli, tmp_path):
     out = cli(*TINY)
     assert out.returncode == 0, out.stderr
     ckpt = run_dirs(tmp_path)[0] / CKPT
-    bench = _bench_module()
+    bench = _script_module()
     _, state = bench.load_model(ckpt, "ours")
     assert state.get("vocab") is not None, "TINY runs compact their vocab"
     x, y = _windows(state["vocab"], state["h_params"]["context_length"])
@@ -96,7 +97,7 @@ def test_a_variant_is_scored_with_its_own_checkouts_model(trainer_here, env, tmp
     with open(other / "trainer" / "model.py", "a") as f:
         f.write(SHIFT_LOGITS)
 
-    bench = _bench_module()
+    bench = _script_module()
     model, state = bench.load_model(ckpt, "ours")
     x, y = _windows(state["vocab"], state["h_params"]["context_length"])
     windows = bench.save_windows(tmp_path / "windows.pt", x, y, state["vocab"])
@@ -134,11 +135,7 @@ def test_bench_step_times_another_checkout_with_its_own_kernels(tmp_path):
     shutil.copytree(REPO / "trainer", old / "trainer")
     kernels = old / "trainer" / "kernels.py"
     kernels.write_text(kernels.read_text() + "\nOLD_CHECKOUT = True\n")
-    spec = importlib.util.spec_from_file_location("bench_step", REPO / "scripts" / "bench_step.py")
-    bench_step = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_step)
-
-    old_model = bench_step.model_class(old).forward.__globals__  # the old model.py's namespace
+    old_model = _script_module("bench_step").model_class(old).forward.__globals__  # the old model.py's namespace
     assert old_model["cross_entropy"].__globals__.get("OLD_CHECKOUT")
     assert not hasattr(sys.modules["trainer.kernels"], "OLD_CHECKOUT")  # this checkout's stays in place
 
