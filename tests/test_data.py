@@ -1,15 +1,33 @@
-"""The corpus: synthetic PR titles by default, real CSVs and raw files, tokenized once and cached."""
+"""The corpus: synthetic PR titles by default, real CSVs and raw files, tokenized once (in segments, on
+every core, with the very ids of the whole text) and cached as a flat file of ids; the book's runs
+read the same ids, batches and eval windows as before."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import REPO, SHARED_DATA, TINY, metrics, run_dirs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from trainer import data, synthetic
+from trainer import synthetic
+from trainer.data import sources, tokenize
+from trainer.data.batches import BatchSampler, spread_starts
+from trainer.data.cache import load_tokens
+from trainer.data.corpus import load_corpus
+from trainer.data.sources import Source
+from trainer.data.tokenize import get_encoding
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def test_synthetic_corpus_is_deterministic_realistic_and_about_300kb():
@@ -23,33 +41,89 @@ def test_synthetic_corpus_is_deterministic_realistic_and_about_300kb():
     assert sum(line.startswith("Bump ") for line in lines) > len(lines) / 20
 
 
-def test_offline_tokenizer_is_cl100k(cache_dir, monkeypatch):
-    enc = data.get_encoding("cl100k_base")
+def test_offline_tokenizer_is_cl100k():
+    enc = get_encoding("cl100k_base")
     assert enc.n_vocab == 100277 and enc.encode("hello world") == [15339, 1917]
 
 
-def test_tokenized_corpus_is_cached_as_uint32(cache_dir, monkeypatch, tmp_path):
-    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path))
-    ids = data.tokenize("fix: handle `None` (#12)\n", "cl100k_base")
-    assert ids.dtype.name == "uint32"
-    (cached,) = tmp_path.glob("cl100k_base-*.npy")
-    assert (data.tokenize("fix: handle `None` (#12)\n", "cl100k_base") == ids).all()
-    assert len(list(tmp_path.glob("*.npy"))) == 1 and cached.exists()
+def composed(**keys):
+    """The data keys of a config: the synthetic corpus unless told."""
+    return {"data_path": None, "format": None, "text_column": None, "document_separator": None, "encoding": "cl100k_base",
+            "train_split": 0.9, "context_length": 32, "vocab_compaction": True, **keys}
 
 
-def test_vocab_compaction_keeps_the_targets(tmp_path, monkeypatch):
-    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path))
-    full = data.load_corpus(None, None, "cl100k_base", 0.9, 32, vocab_compaction=False)
-    compact = data.load_corpus(None, None, "cl100k_base", 0.9, 32, vocab_compaction=True)
+def test_a_corpus_is_cached_as_uint16_where_its_ids_fit_else_uint32(cache):
+    (cache.parent / "small.txt").write_text("fix: handle `None` (#12)\n" * 20)
+    (cache.parent / "wide.txt").write_text("fix: handle `None` (#12) été 中文\n" * 20)
+    small = load_tokens(Source.of(composed(data_path=str(cache.parent / "small.txt"))), "cl100k_base")
+    wide = load_tokens(Source.of(composed(data_path=str(cache.parent / "wide.txt"))), "cl100k_base")
+    assert small.fresh and small.dtype == np.uint16 and wide.dtype == np.uint32  # cl100k ids pass 65,535
+    assert small.path.stat().st_size == 2 * small.n and wide.path.stat().st_size == 4 * wide.n
+    assert np.array(small.memmap()).tolist() == get_encoding("cl100k_base").encode_ordinary("fix: handle `None` (#12)\n" * 20)
+    again = load_tokens(Source.of(composed(data_path=str(cache.parent / "small.txt"))), "cl100k_base")
+    assert not again.fresh and again.path == small.path  # read back, not tokenized again
+    assert sorted(p.suffix for p in (cache / "tokens").glob(f"{small.path.stem}*")) == [".bin", ".json", ".lock", ".npy"]
+
+
+def test_vocab_compaction_keeps_the_targets(cache):
+    full = load_corpus(composed(vocab_compaction=False))
+    compact = load_corpus(composed())
     assert compact.vocab_size < 2000 < full.vocab_size == full.max_token_value == compact.max_token_value
-    assert torch.equal(compact.vocab[compact.train], full.train)  # maps back to the very same ids
+    assert torch.equal(compact.vocab[compact.train[:]], full.train[:])  # maps back to the very same ids
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet="ab Z1.,:'\n\t\ré中`#(", max_size=400).filter(str.strip))
+def test_tokenized_in_segments_on_threads_the_ids_are_the_whole_texts(tmp_path_factory, monkeypatch, text):
+    """Segments of a few bytes, cut only at safe places, in blocks on two threads: the same ids as
+    tiktoken's encode_ordinary over the whole text at once (what the book does)."""
+    d = tmp_path_factory.mktemp("seg")
+    (d / "t.txt").write_text(text, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sources, "SEGMENT_BYTES", 7)
+        mp.setattr(tokenize, "BLOCK_BYTES", 5)
+        mp.setenv(tokenize.THREADS_ENV, "2")
+        segments = list(Source.of(composed(data_path=str(d / "t.txt"))).segments([d / "t.txt"]))
+        out = io.BytesIO()
+        enc = get_encoding("cl100k_base")
+        tokenize.tokenize_to(out, iter(segments), enc, "none", lambda n: None)
+    assert "".join(s.text for s in segments) == text
+    assert np.frombuffer(out.getvalue(), dtype=np.uint32).tolist() == enc.encode_ordinary(text)
+
+
+def test_the_books_ids_batches_and_eval_windows_are_as_before(cache):
+    """What main (ce22450) did in memory: the whole text tokenized at once, np.unique and searchsorted,
+    int64 tensors indexed. The memory-mapped corpus gives the same ids, the same random batches for
+    a seed and the same eval windows."""
+    text = synthetic.generate()
+    ids = np.asarray(get_encoding("cl100k_base").encode_ordinary(text), dtype=np.uint32)
+    vocab = np.unique(ids)
+    old = torch.from_numpy(np.searchsorted(vocab, ids).astype(np.int64))
+    n_train = int(len(old) * 0.9)
+    c = load_corpus(composed())
+    assert torch.equal(c.vocab, torch.from_numpy(vocab.astype(np.int64))) and c.max_token_value == int(ids.max()) + 1
+    assert torch.equal(c.train[:], old[:n_train]) and torch.equal(c.valid[:], old[n_train:])
+    ours, before = BatchSampler(c.train, 2, 32, seed=1337), BatchSampler(old[:n_train], 2, 32, seed=1337)
+    for _ in range(5):
+        (x, y), = ours.step()
+        (bx, by), = before.step()
+        assert torch.equal(x, bx) and torch.equal(y, by)
+    starts = spread_starts(len(c.valid), 32, 1024)  # fewer windows than the cap: every one, as before
+    assert torch.equal(starts, torch.arange((len(c.valid) - 1) // 32) * 32)
+
+
+def test_the_final_eval_spreads_its_windows_over_the_whole_split():
+    starts = spread_starts(100_001, 100, 10)
+    assert len(starts) == 10 and starts[0] == 0 and starts[-1] == 99_900  # the first and the last window
+    assert (starts.diff() > 9_000).all()  # evenly spaced
+    assert len(spread_starts(100_001, 100, 0)) == 1000  # 0: every one
 
 
 def test_csv_column_is_read_one_title_per_line(tmp_path):
     f = tmp_path / "titles.csv"
     f.write_text('repo,pr,title\na/b,1,"Fix X, finally"\na/b,2,Add Y\n')
-    assert data.read_text(str(f), "title") == "Fix X, finally\nAdd Y\n"
-    assert data.read_text(str(f), None) == f.read_text()  # raw, as the book reads it
+    assert Source.of(composed(data_path=str(f), text_column="title")).text() == "Fix X, finally\nAdd Y\n"
+    assert Source.of(composed(data_path=str(f))).text() == f.read_text()  # raw, as the book reads it
 
 
 def git(repo, *args):
@@ -73,7 +147,7 @@ def test_pr_titles_csv_from_a_local_git_clone(tmp_path):
     assert out.read_text().splitlines() == ["repo,pr,title", "acme/widgets,12,Fix crash on empty input",
                                             "acme/widgets,15,docs: tidy README",
                                             "acme/widgets,21,feat(api): add `limit` param"]
-    assert data.read_text(str(out), "title").startswith("Fix crash on empty input\n")
+    assert Source.of(composed(data_path=str(out), text_column="title")).text().startswith("Fix crash on empty input\n")
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "github_pr_titles.csv").exists(), reason="../shared/data not present")

@@ -20,7 +20,7 @@ import torch
 from helpers import TINY, losses, metrics, run_dirs, run_in_process, run_module, trainer_env
 
 from trainer import rundir
-from trainer.data import BatchSampler, windows
+from trainer.data.batches import BatchSampler, windows
 
 LR, MIN_LR, WARMUP = 1e-3, 5e-5, 10
 # Cosine with warmup, so the comparisons cover the schedule; dropout 0, as each rank draws its

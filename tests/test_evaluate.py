@@ -15,7 +15,10 @@ from hydra import compose, initialize_config_dir
 import trainer.evaluate
 from trainer import rundir
 from trainer.config import CONF_DIR, register_configs
-from trainer.data import fixed_eval_windows, get_encoding, load_corpus, read_text
+from trainer.data.batches import fixed_starts
+from trainer.data.corpus import load_corpus
+from trainer.data.sources import Source
+from trainer.data.tokenize import get_encoding
 from trainer.model import GPT
 from trainer.run import _eval_sets
 
@@ -38,16 +41,18 @@ def composed(*overrides: str):
 
 def test_every_run_of_a_sweep_is_scored_on_the_same_windows_whatever_its_seed(cache_dir, monkeypatch):
     monkeypatch.setenv("TRAINER_CACHE_DIR", str(cache_dir))
-    corpus = load_corpus(None, None, "cl100k_base", 0.9, 32, True)
+    corpus = load_corpus(composed("context_length=32"))
     one, two = (_eval_sets(composed("context_length=32", f"TORCH_SEED={s}"), corpus, 2) for s in (1, 2))
     for split in ("train", "valid"):
-        assert torch.equal(one[split].x, two[split].x) and torch.equal(one[split].y, two[split].y)
+        assert torch.equal(one[split].starts, two[split].starts)
     # ... and the default run keeps the windows it had when they were drawn from TORCH_SEED=1337
     default = _eval_sets(composed("context_length=32"), corpus, 2)["valid"]
-    x, _ = fixed_eval_windows(corpus.valid, 20, 32, 1337 + 2)
-    assert torch.equal(default.x, x)
+    starts = fixed_starts(len(corpus.valid), 20, 32, 1337 + 2)
+    assert torch.equal(default.starts, starts)
+    x, _, _ = default.batch(torch.arange(20))
+    assert torch.equal(x[3], corpus.valid[int(starts[3]):int(starts[3]) + 32])  # read from the cached ids
     other = _eval_sets(composed("context_length=32", "eval_seed=7"), corpus, 2)["valid"]
-    assert not torch.equal(other.x, x)  # a key of their own
+    assert not torch.equal(other.starts, starts)  # a key of their own
 
 
 def test_every_eval_row_has_the_standard_error_and_bits_per_byte_and_the_last_the_whole_split(trainer_here,
@@ -124,7 +129,7 @@ def test_another_corpus_or_split_is_scored_and_each_kept_in_eval_json(trainer_he
     assert set(scores) == {f"all last {tmp_path / 'b.csv'}", f"train last {tmp_path / 'a.txt'}"}
     want = by_hand(run / rundir.CKPT, TEXT * 40, "train")
     assert scores[f"train last {tmp_path / 'a.txt'}"]["bits_per_byte"] == pytest.approx(want["bits_per_byte"], rel=1e-5)
-    assert read_text(str(tmp_path / "b.csv"), "title").startswith("fix: handle")
+    assert Source.of({"data_path": str(tmp_path / "b.csv"), "text_column": "title"}).text().startswith("fix: handle")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -22,7 +22,8 @@ from helpers import TINY, Evil, call_main, run_in_process, trainer_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainer import checkpoint, data, evaluate, generate, rundir
+from trainer import checkpoint, evaluate, generate, rundir
+from trainer.data.sources import Source
 from trainer.errors import UserError
 
 RUN = "outputs/day/run"
@@ -114,6 +115,11 @@ def test_a_damaged_eval_json_is_one_line(ws, tmp_path):
 # ----------------------------------------------------------------------------- fuzzing
 
 
+def read_text(path: Path, column) -> str:
+    """The file's corpus text as training reads it (a CSV column, or the file raw)."""
+    return Source.of({"data_path": str(path), "text_column": column}).text()
+
+
 @FUZZ
 @given(st.binary(max_size=4096))
 def test_fuzz_any_bytes_as_a_checkpoint_is_a_user_error(tmp_path_factory, blob):
@@ -130,7 +136,7 @@ def test_fuzz_any_bytes_as_data_is_text_or_a_user_error(tmp_path_factory, blob, 
     path = tmp_path_factory.mktemp("fuzz") / "x.csv"
     path.write_bytes(blob)
     try:
-        text = data.read_text(str(path), column)
+        text = read_text(path, column)
     except UserError as e:
         assert "\n" not in str(e) and str(path) in str(e)
     else:
@@ -143,7 +149,7 @@ def test_fuzz_any_text_as_a_csv_is_a_column_or_a_user_error(tmp_path_factory, bo
     path = tmp_path_factory.mktemp("fuzz") / "x.csv"
     path.write_text(",".join(header) + "\n" + body, encoding="utf-8", errors="surrogatepass")
     try:
-        data.read_text(str(path), "text")
+        read_text(path, "text")
     except UserError as e:
         assert "\n" not in str(e)
 

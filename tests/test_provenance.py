@@ -118,6 +118,7 @@ def test_on_cuda_the_gpu_is_named_in_the_provenance_and_the_first_line_and_sets_
     assert device.peak_flops(cuda) == peak
     fake = SimpleNamespace(dist=SimpleNamespace(enabled=False, world_size=1), device=cuda, threads=8, provenance=prov,
                            cfg=SimpleNamespace(batch_size=16, gradient_accumulation_steps=1), resumed_at=None,
-                           corpus=SimpleNamespace(n_tokens=10, vocab_size=5, max_token_value=9), effective_batch=16,
+                           corpus=SimpleNamespace(n_tokens=10, vocab_size=5, max_token_value=9,
+                                                  tokens=SimpleNamespace(documents=1, bytes=40, path="c.bin")), effective_batch=16,
                            model=SimpleNamespace(num_params=lambda: 100), dir="run")
     assert run.describe(fake).startswith(f"Training on cuda:0 ({name}, 8 threads): 100 parameters")

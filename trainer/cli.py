@@ -30,6 +30,7 @@ from trainer.errors import UserError, one_line
 from trainer.lock import DirLock
 from trainer.plan import previewed
 from trainer.preempt import Preempted
+from trainer.prepare import prepared
 from trainer.replicates import point_of
 from trainer.resume import finished_before_requeue, requeued
 from trainer.run import RunInfo
@@ -111,6 +112,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         if previewed(args):  # plan=true: the jobs' sizes and times, nothing trained or written
+            return
+        if prepared(args):  # prepare=true: the corpus tokenized into the cache, nothing trained
             return
         invocation = prepare(args)
         invocation.typed = args  # the provenance's command line: the user's, not ours

@@ -40,6 +40,9 @@ Norm = choices("Norm", "layernorm", "rmsnorm")
 Positions = choices("Positions", "sinusoidal", "learned", "rope")
 Init = choices("Init", "pytorch", "scaled")
 WeightDecayOn = choices("WeightDecayOn", "all", "matrices")
+# The corpus (trainer.data.sources)
+Format = choices("Format", "text", "csv", "jsonl", "parquet", "hf")
+DocumentSeparator = choices("DocumentSeparator", "newline", "eot", "none")
 
 
 class Dtype(str, Enum):
@@ -93,8 +96,13 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = no clipping
     gradient_accumulation_steps: int = 1  # effective batch = batch_size x this x world_size (torchrun ranks)
     # data (conf/data/*)
-    data_path: Optional[str] = MISSING  # null = the generated synthetic PR-titles corpus
-    text_column: Optional[str] = None  # null = read the file raw, as the book does
+    data_path: Optional[str] = MISSING  # a file, a dir (every file under it) or a glob; null = the synthetic corpus
+    # text | csv | jsonl | parquet | hf; null = csv when text_column is set, else the file raw (as the book)
+    format: Optional[Format] = None
+    text_column: Optional[str] = None  # csv, parquet, hf: the column; jsonl: the field
+    document_separator: Optional[DocumentSeparator] = None  # after each document; null = none for text, else newline
+    hf_split: str = "train"  # format=hf: the dataset's split
+    hf_config: Optional[str] = None  # format=hf: the dataset's config (subset) name
     train_split: float = 0.9
     encoding: str = "cl100k_base"
     vocab_compaction: bool = True  # train over only the token ids present in the corpus
@@ -104,6 +112,7 @@ class TrainConfig:
     eval_interval: int = 50
     eval_iters: int = 10  # each eval averages over this many effective batches of fixed windows
     eval_seed: int = 1337  # draws those windows: the same for every run of a sweep, whatever its TORCH_SEED
+    final_eval_windows: int = 1024  # the final eval's valid windows, evenly spaced over the split; 0 = every one
     TORCH_SEED: int = 1337
     # device (conf/device/*)
     device: Device = Device.auto
@@ -121,10 +130,11 @@ class TrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     # sweep preview (trainer.plan)
     plan: bool = False  # print each job's size, FLOPs and estimated time, then exit without training
+    prepare: bool = False  # tokenize the corpus into the cache, then exit (python -m trainer.prepare)
 
 
 # Root keys that steer the tooling, not the model or its training: kept out of h_params.
-NOT_H_PARAMS = frozenset({"resume", "progress", "checkpoint_interval", "wandb", "num_threads", "plan"})
+NOT_H_PARAMS = frozenset({"resume", "progress", "checkpoint_interval", "wandb", "num_threads", "plan", "prepare"})
 
 
 def register_configs() -> None:
@@ -184,7 +194,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("d_model", "num_blocks", "num_heads", "context_length", "batch_size", "max_iters",
                 "eval_interval", "eval_iters", "gradient_accumulation_steps"):
         need(cfg[key] > 0, key, "must be a positive integer")
-    for key in ("warmup_iters", "checkpoint_interval", "num_threads", "max_tokens", "early_stopping_patience"):
+    for key in ("warmup_iters", "checkpoint_interval", "num_threads", "max_tokens", "early_stopping_patience",
+                "final_eval_windows"):
         need(cfg[key] >= 0, key, "must be zero or a positive integer")
     need(cfg.max_time >= 0, "max_time", "must be zero (no time budget) or a positive number of seconds")
     need(cfg.d_model % cfg.num_heads == 0, "d_model",
@@ -205,11 +216,23 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.optimizer in OPTIMIZERS, "optimizer", f"not a registered optimizer ({', '.join(OPTIMIZERS)})")
     need(cfg.grad_clip >= 0, "grad_clip", "must be zero (off) or positive")
     need(0.0 < cfg.train_split < 1.0, "train_split", "must be between 0 and 1")
+    validate_data(cfg)
     need(cfg.warmup_iters <= cfg.max_iters, "warmup_iters", f"must not exceed max_iters={cfg.max_iters}")
     need(cfg.wandb.samples >= 0, "wandb.samples", "must be zero (off) or a positive number of prompts")
     mode = cfg.wandb.mode
     need(mode in (None, "online", "offline", "disabled"), "wandb.mode",
          "must be online, offline, disabled or null")
+
+
+def validate_data(cfg: DictConfig) -> None:
+    """The data keys that only make sense together (the files themselves are checked as they are read)."""
+    fmt = plain(cfg.format)
+    if fmt in ("csv", "parquet", "jsonl", "hf") and not cfg.text_column:
+        raise UserError(f"text_column: missing: format={fmt} reads one column (or field), e.g. text_column=text")
+    if fmt == "text" and cfg.text_column:
+        raise UserError(f"text_column={cfg.text_column}: format=text reads the file raw; for a CSV column use data=csv")
+    if cfg.data_path is None and fmt not in (None, "text"):
+        raise UserError(f"format={fmt}: needs data_path (the synthetic corpus is generated text)")
 
 
 # unknown keys: `+key=value` adds a key even to the typed schema (Hydra opens the struct for

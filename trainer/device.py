@@ -157,7 +157,7 @@ def cpu_peak_flops(n: int = 1024, repeats: int = 8) -> float:
     measured, not all, because a busy machine spoils a many-thread measurement (here: 74 instead
     of 208 GFLOP/s for two threads) but rarely leaves no core free. About 0.3 s on a machine's
     first run, then read back from the cache (keyed by CPU, core count and torch version)."""
-    from trainer.data import cache_dir  # the tokenizer's cache dir; imported here to keep this module light
+    from trainer.data.cache import cache_dir  # the token cache's dir; imported here: a light module
 
     threads = torch.get_num_threads()
     key = f"{cpu_name()}|{os.cpu_count()} cores|one core|torch {torch.__version__}|n={n}"

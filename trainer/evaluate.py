@@ -3,8 +3,8 @@
 During training (trainer.train): every eval scores each split's *fixed* windows, drawn once
 from `eval_seed` (trainer.run), so every eval of every run of a sweep is scored on the same text
 whatever its TORCH_SEED; `eval_row` makes the row the trackers write. When the run ends,
-`final_eval` scores the *whole* valid split (every non-overlapping window) and a sample of the
-train split: that is the run's `final_valid_loss`. A new eval metric goes here: compute it in
+`final_eval` scores the valid split (every non-overlapping window, or `final_eval_windows` of them
+evenly spaced over a big one) and a sample of the train split: that is the run's `final_valid_loss`. A new eval metric goes here: compute it in
 `score` (or from the run in `eval_row`) and put it in the row.
 
 After training: `python -m trainer.evaluate RUN_DIR [...]` (`main`, below) scores a run's
@@ -28,7 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from trainer import checkpoint, distributed, rundir
-from trainer.data import all_windows, read_text, token_byte_lengths, tokenize
+from trainer.data.batches import Ids, spread_starts, windows
+from trainer.data.cache import load_tokens
+from trainer.data.corpus import TokenSplit, lookup_table, token_byte_lengths
+from trainer.data.sources import Source
 from trainer.device import autocast
 from trainer.errors import UserError
 
@@ -44,16 +47,20 @@ FINAL_TRAIN_WINDOWS = 256
 
 @dataclass
 class EvalSet:
-    """Windows of one split to score: inputs and targets (N, T), and each window's target bytes (N,)."""
+    """Windows of one split to score, read as they are scored (a whole big split never sits in memory)."""
 
-    x: torch.Tensor
-    y: torch.Tensor
-    nbytes: torch.Tensor
+    data: Ids  # the split's model ids
+    starts: torch.Tensor  # (N,) where each window starts
+    T: int  # context_length
+    token_bytes: torch.Tensor  # (vocab_size,) UTF-8 bytes of each model id
 
-    @classmethod
-    def of(cls, xy: tuple[torch.Tensor, torch.Tensor], token_bytes: torch.Tensor) -> EvalSet:
-        x, y = xy
-        return cls(x, y, token_bytes[y].sum(dim=1))
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The windows at these rows: inputs and targets (B, T), and each window's target bytes (B,)."""
+        x, y = windows(self.data, self.starts[rows], self.T)
+        return x, y, self.token_bytes[y].sum(dim=1)
 
 
 EvalSets = dict[str, EvalSet]  # split -> its windows
@@ -93,27 +100,27 @@ def score(model: torch.nn.Module, s: EvalSet, device: torch.device, amp: Optiona
     """The split's Score, in eval mode (no dropout); ranks share the windows."""
     was_training = model.training
     model.eval()
-    rows = torch.arange(d.rank, len(s.x), d.world_size)  # this rank's share of the windows
+    rows = torch.arange(d.rank, len(s), d.world_size)  # this rank's share of the windows
     # (sum of window losses, sum of their squares, windows, bytes); float64 for the variance's
     # difference of sums, except on MPS, which has none
     wide = torch.float32 if device.type == "mps" else torch.float64
     total = torch.zeros(4, device=device, dtype=wide)
     with autocast(device, amp):  # one autocast for every forward: it casts each weight once, not per chunk
         for chunk in rows.split(rows_per_forward):
-            xb, yb = s.x[chunk].to(device), s.y[chunk].to(device)  # (B, T) each
+            xb, yb, nbytes = s.batch(chunk)
+            xb, yb = xb.to(device), yb.to(device)  # (B, T) each
             logits, _ = model(xb)  # (B, T, V)
             per_window = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
             per_window = per_window.view(len(chunk), -1).mean(dim=1)  # (B,)
             per_window = per_window.to(wide)
             total += torch.stack([per_window.sum(), per_window.square().sum(),
                                   torch.tensor(float(len(chunk)), device=device, dtype=wide),
-                                  s.nbytes[chunk].sum().to(device=device, dtype=wide)])
+                                  nbytes.sum().to(device=device, dtype=wide)])
     sum_loss, sum_sq, n, nbytes = distributed.total(total, d).tolist()
     model.train(was_training)
     mean = sum_loss / n
     var = (sum_sq - n * mean * mean) / (n - 1) if n > 1 else math.nan
-    return Score(mean, math.sqrt(max(var, 0.0) / n), sum_loss * s.x.size(1), int(nbytes), int(n),
-                 int(n) * s.x.size(1))
+    return Score(mean, math.sqrt(max(var, 0.0) / n), sum_loss * s.T, int(nbytes), int(n), int(n) * s.T)
 
 
 def eval_fixed(run: Run) -> dict[str, float]:
@@ -124,12 +131,13 @@ def eval_fixed(run: Run) -> dict[str, float]:
 
 
 def final_eval(run: Run) -> dict[str, Any]:
-    """The whole valid split and a sample of the train split, once, when training ends: the run's
-    final numbers, as fields for the last metrics row."""
+    """The valid split (final_eval_windows of its windows, evenly spaced over all of it; every one
+    where it has fewer, or with 0) and a sample of the train split, once, when training ends: the
+    run's final numbers, as fields for the last metrics row."""
     c, T = run.corpus, run.cfg.context_length
-    valid = EvalSet.of(all_windows(c.valid, T), c.token_bytes)
-    sample = max(1, min(FINAL_TRAIN_WINDOWS, len(valid.x)))
-    sets = {"valid": valid, "train": EvalSet.of(all_windows(c.train, T, limit=sample), c.token_bytes)}
+    valid = EvalSet(c.valid, spread_starts(len(c.valid), T, run.cfg.final_eval_windows), T, c.token_bytes)
+    sample = max(1, min(FINAL_TRAIN_WINDOWS, len(valid)))
+    sets = {"valid": valid, "train": EvalSet(c.train, spread_starts(len(c.train), T, sample), T, c.token_bytes)}
     run.final = {split: score(run.eval_model, s, run.device, run.amp, run.rows_per_forward, run.dist)
                  for split, s in sets.items()}
     valid = run.final["valid"]
@@ -159,22 +167,26 @@ def _finite_or_none(value: float) -> Optional[float]:
 
 
 def split_ids(h: dict[str, Any], vocab: Optional[torch.Tensor], data: Optional[str], text_column: Optional[str],
-              split: str) -> torch.Tensor:
-    """The model ids of the split to score: of the run's own corpus, or of another file, split at
-    the run's train_split (split=all: the whole file)."""
-    where = f"--data {data}" if data else f"data_path={h.get('data_path')}"
+              split: str) -> TokenSplit:
+    """The split to score, as the model's ids: of the run's own corpus, or of another file (a CSV
+    column with text_column, else read raw), split at the run's train_split (split=all: the whole
+    file). Read through the token cache, as training reads it."""
+    keys = {**h, "data_path": data, "text_column": text_column, "format": "csv" if text_column else "text",
+            "document_separator": None} if data else h
+    source = Source.of(keys)
+    where = f"--data {data}" if data else source.where
     if data and not Path(data).is_file():
         raise UserError(f"{where}: file not found" if not Path(data).exists() else f"{where}: not a file")
-    text = read_text(data if data else h.get("data_path"), text_column if data else h.get("text_column"))
-    ids = torch.from_numpy(tokenize(text, h["encoding"]).astype("int64"))
-    if vocab is not None:  # the model reads compact ids: a token it never saw has no id
-        known = torch.isin(ids, vocab)
-        if not bool(known.all()):
-            raise UserError(f"{where}: {int((~known).sum())} of its {len(ids)} tokens never occur in the run's "
+    tokens = load_tokens(source, h["encoding"])
+    lut = lookup_table(vocab.numpy(), len(tokens.counts())) if vocab is not None else None
+    n_train = int(tokens.n * h["train_split"])
+    start, stop = {"train": (0, n_train), "valid": (n_train, tokens.n), "all": (0, tokens.n)}[split]
+    part = TokenSplit(tokens, start, stop, lut)
+    if lut is not None:  # the model reads compact ids: a token it never saw has no id
+        unknown = sum(int((lut[ids] < 0).sum()) for ids in part.raw_chunks())
+        if unknown:
+            raise UserError(f"{where}: {unknown} of its {len(part)} tokens never occur in the run's "
                             "training corpus, so this model (vocab_compaction=true) cannot score them")
-        ids = torch.searchsorted(vocab, ids)
-    n_train = int(len(ids) * h["train_split"])
-    part = {"train": ids[:n_train], "valid": ids[n_train:], "all": ids}[split]
     if len(part) < h["context_length"] + 1:
         raise UserError(f"{where}: its {split} split has {len(part)} tokens, fewer than one window "
                         f"(context_length+1={h['context_length'] + 1})")
@@ -188,10 +200,11 @@ def evaluate_run(run_dir: Path, data: Optional[str] = None, text_column: Optiona
 
     model, state = load_model(str(run_dir), which=which)
     h, vocab = state["h_params"], state.get("vocab")
-    windows = all_windows(split_ids(h, vocab, data, text_column, split), h["context_length"])
+    part, T = split_ids(h, vocab, data, text_column, split), h["context_length"]
     cpu = torch.device("cpu")
-    s = score(model, EvalSet.of(windows, token_byte_lengths(h["encoding"], vocab, model.head.out_features)), cpu,
-              None, eval_rows_per_forward(cpu, h["context_length"], model.head.out_features), distributed.Dist())
+    s = score(model, EvalSet(part, spread_starts(len(part), T), T,
+                             token_byte_lengths(h["encoding"], vocab, model.head.out_features)),
+              cpu, None, eval_rows_per_forward(cpu, T, model.head.out_features), distributed.Dist())
     result = {"split": split, "which": which, "data": data or h.get("data_path"), "step": state.get("step"),
               "windows": s.windows, "tokens": s.tokens, "bytes": s.nbytes, "loss": s.loss, "loss_se": s.se,
               "perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte}

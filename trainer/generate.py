@@ -12,7 +12,7 @@ import sys
 import torch
 
 from trainer import checkpoint
-from trainer.data import get_encoding
+from trainer.data.tokenize import get_encoding
 from trainer.errors import UserError
 from trainer.model import GPT
 

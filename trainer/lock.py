@@ -9,8 +9,8 @@ holder writes its pid, host and start time into the file for the refusal's messa
 
 Who takes which lock: trainer.argv, for `resume=` (before Hydra writes into the dir), for a new
 sweep dir and for `-m resume=<sweep dir>`; trainer.cli's Task for each job's own dir. Under torchrun
-only rank 0 locks. `exclusive` is the blocking form, for short critical sections
-(trainer.sweep.summary's rewrites). On Windows (no fcntl) nothing is locked.
+only rank 0 locks. `exclusive` is the blocking form, for critical sections (trainer.sweep.summary's
+rewrites, and the token cache's one tokenizer: trainer.data.cache). On Windows (no fcntl) nothing is locked.
 
 flock is advisory and, on some network file systems (old NFS), local to one machine: two hosts
 writing one run dir over such a mount are not told apart.
@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Optional
@@ -61,7 +61,7 @@ class DirLock:
             raise UserError(f"{dir}: in use by {holder}") from None
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n")
+        f.write(holder_line())
         f.flush()
         return cls(dir, f)
 
@@ -79,14 +79,33 @@ class DirLock:
         return {"dir": self.dir, "file": None}
 
 
+def holder_line() -> str:
+    """Who holds a lock, as the holder writes it into the lock file for whoever is refused or waits."""
+    return f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n"
+
+
 @contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Wait for, then hold, an exclusive flock on the file at path, for a short critical section."""
+def exclusive(path: Path, waiting: Optional[Callable[[str], None]] = None) -> Iterator[None]:
+    """Wait for, then hold, an exclusive flock on the file at path, for a critical section. With
+    `waiting`, a process that must wait first calls it with who holds the lock ("pid 42 on node7
+    since ..."), and the holder writes that line into the file for the next one."""
     if fcntl is None:  # Windows: jobs there run one at a time (basic launcher) or the last write wins
         yield
         return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with open(path, "a+") as f:
+        if waiting is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                waiting(f.read().strip() or "another process")
+                fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            f.truncate()
+            f.write(holder_line())
+            f.flush()
+        else:
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:

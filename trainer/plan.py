@@ -63,28 +63,39 @@ class Cost:
 
 def previewed(argv: list[str]) -> bool:
     """Preview the jobs and return True when the command line says plan=true; else False (train)."""
-    overrides = [a for a in argv if not a.startswith("-")]
-    if value_of(overrides, "plan") is None or any(a.split("=")[0] in NO_RUN_FLAGS for a in argv):
+    jobs = composed_jobs(argv, "plan")
+    if jobs is None:
         return False
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        base = compose("config", overrides=_fixed(overrides), return_hydra_config=True)
-        if not base.plan:
-            return False
-        if value_of(overrides, "resume") is not None:
-            raise UserError("plan=true: previews new runs; resume= continues one as it was (drop plan=true)")
-        multirun = "-m" in argv or "--multirun" in argv or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN
-        jobs = expand(base, overrides) if multirun else [overrides]
-        configs = [compose("config", overrides=job) for job in jobs]
+    base, overrides, configs, multirun = jobs
     for cfg in configs:  # every mistake before the first line of the table
         validate(cfg)
         resolve_device(plain(cfg.device))
-    print_plan(base, jobs, configs, multirun)
+    print_plan(base, overrides, configs, multirun)
     return True
 
 
-def _fixed(overrides: list[str]) -> list[str]:
+def composed_jobs(argv: list[str], flag: str) -> Optional[tuple[DictConfig, list[list[str]], list[DictConfig], bool]]:
+    """When the command line sets `flag` (plan, prepare) true: the shared config, and each job's
+    overrides and composed config, as the sweep would make them (one job for a single run); else None."""
+    overrides = [a for a in argv if not a.startswith("-")]
+    if value_of(overrides, flag) is None or any(a.split("=")[0] in NO_RUN_FLAGS for a in argv):
+        return None
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        base = compose("config", overrides=fixed_overrides(overrides), return_hydra_config=True)
+        if not base[flag]:
+            return None
+        if value_of(overrides, "resume") is not None:
+            what = {"plan": "previews new runs", "prepare": "tokenizes new runs' corpora"}[flag]
+            raise UserError(f"{flag}=true: {what}; resume= continues one as it was (drop {flag}=true)")
+        multirun = "-m" in argv or "--multirun" in argv or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN
+        jobs = expand(base, overrides) if multirun else [overrides]
+        configs = [compose("config", overrides=job) for job in jobs]
+    return base, jobs, configs, multirun
+
+
+def fixed_overrides(overrides: list[str]) -> list[str]:
     """The overrides without sweeps (`lr=1e-3,3e-4`): the config every job shares, and Hydra's settings."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

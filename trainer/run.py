@@ -19,7 +19,8 @@ from omegaconf import DictConfig
 
 from trainer import distributed, provenance
 from trainer.config import h_params_of, plain
-from trainer.data import BatchSampler, Corpus, fixed_eval_windows, load_corpus
+from trainer.data.batches import BatchSampler, fixed_starts
+from trainer.data.corpus import Corpus, load_corpus
 from trainer.device import autocast_dtype, configure
 from trainer.distributed import Dist
 from trainer.evaluate import EvalSet, EvalSets, Score, eval_rows_per_forward
@@ -139,8 +140,7 @@ def build_run(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.devic
     threads = configure(device, cfg.num_threads, info.parallel_jobs * d.local_world_size)
     seed = cfg.TORCH_SEED
     torch.manual_seed(seed)
-    corpus = load_corpus(cfg.data_path, cfg.text_column, cfg.encoding, cfg.train_split, cfg.context_length,
-                         cfg.vocab_compaction)
+    corpus = load_corpus(cfg, progress=plain(cfg.progress) if d.is_main else False)
     h = _h_params(cfg, corpus, device, d)
     if resume is not None:
         resume.check(h, corpus.vocab)
@@ -177,8 +177,8 @@ def _eval_sets(cfg: DictConfig, corpus: Corpus, effective_batch: int) -> EvalSet
     """eval_iters global batches of fixed windows per split, shared out among the ranks at eval time.
     Drawn from eval_seed, not TORCH_SEED: every run of a sweep is scored on the same windows."""
     n, seed, T = cfg.eval_iters * effective_batch, cfg.eval_seed, cfg.context_length
-    return {"train": EvalSet.of(fixed_eval_windows(corpus.train, n, T, seed + 1), corpus.token_bytes),
-            "valid": EvalSet.of(fixed_eval_windows(corpus.valid, n, T, seed + 2), corpus.token_bytes)}
+    return {split: EvalSet(data, fixed_starts(len(data), n, T, seed + offset), T, corpus.token_bytes)
+            for split, data, offset in (("train", corpus.train, 1), ("valid", corpus.valid, 2))}
 
 
 def _wrapped(run: Run) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -195,12 +195,17 @@ def _wrapped(run: Run) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def describe(run: Run) -> str:
-    """The run's first log line: device, threads, ranks, sizes, batch and run dir."""
+    """The run's first log line: device, threads, ranks, sizes, the corpus and its cache file, batch and run dir."""
     d, cfg, c = run.dist, run.cfg, run.corpus
     ranks = f" x {d.world_size} ranks ({'nccl' if run.device.type == 'cuda' else 'gloo'})" if d.enabled else ""
     gpu = f"{run.provenance.get('hardware')}, " if run.device.type == "cuda" else ""  # which GPU, in the log too
     return (f"{'Resuming' if run.resumed_at is not None else 'Training'} on {run.device} ({gpu}{run.threads} "
             f"thread{'' if run.threads == 1 else 's'}){ranks}: {run.model.num_params():,} parameters, "
-            f"{c.n_tokens:,} tokens (vocab {c.vocab_size:,} of {c.max_token_value:,} ids), effective batch "
-            f"{run.effective_batch} (batch_size {cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation "
+            f"{c.n_tokens:,} tokens (vocab {c.vocab_size:,} of {c.max_token_value:,} ids) from {_documents(c)}, "
+            f"effective batch {run.effective_batch} (batch_size {cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation "
             f"x {d.world_size} ranks), run dir {run.dir}")
+
+
+def _documents(c: Corpus) -> str:
+    t = c.tokens
+    return f"{t.documents:,} document{'' if t.documents == 1 else 's'} of {t.bytes:,} bytes (cache {t.path})"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from trainer import rundir
-from trainer.data import get_encoding
+from trainer.data.tokenize import get_encoding
 
 if TYPE_CHECKING:
     from trainer.run import Run
@@ -74,15 +74,17 @@ class Samples:
         self.wandb.run.log({"samples": self.table}, step=step)
 
 
-def prompt_starts(valid: torch.Tensor, n: int, length: int, ends_line) -> list[int]:
-    """n places spread evenly over the valid split, each moved just past the next line end if one is near."""
+def prompt_starts(valid, n: int, length: int, ends_line) -> list[int]:
+    """n places spread evenly over the valid split (model ids: a tensor or a memory-mapped split),
+    each moved just past the next line end if one is near."""
     span = len(valid) - length  # the last place a whole prompt fits
     starts = []
     for i in range(n):
         start = i * span // n
-        for j in range(start, min(start + LINE_SEARCH, span)):
-            if ends_line(int(valid[j])):
-                start = j + 1
+        ahead = valid[start:min(start + LINE_SEARCH, span)].tolist()  # one read, not one per token
+        for j, model_id in enumerate(ahead):
+            if ends_line(model_id):
+                start += j + 1
                 break
         starts.append(start)
     return starts

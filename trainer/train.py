@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from trainer import checkpoint, distributed, preempt, rundir
 from trainer.config import plain, validate
-from trainer.data import to_device
+from trainer.data.batches import to_device
 from trainer.device import autocast, resolve_device
 from trainer.errors import Diverged
 from trainer.evaluate import eval_fixed, eval_row, final_eval
@@ -102,7 +102,8 @@ def fit(run: Run, out: Trackers) -> dict[str, Any]:
     out.amend_last_row(final_eval(run))
     valid = run.final["valid"]
     return {"best_valid_loss": run.best, "final_valid_loss": valid.loss, "final_valid_loss_se": valid.se,
-            "final_bits_per_byte": valid.bits_per_byte, "final_train_loss": run.final["train"].loss,
+            "final_bits_per_byte": valid.bits_per_byte, "final_valid_windows": valid.windows,
+            "final_train_loss": run.final["train"].loss,
             "steps": run.step, "tokens_seen": run.tokens_seen, "stopped": run.stopped,
             "tokens_per_s": speed.last_rate, "wall_s": round(speed.wall(), 3)}
 
