@@ -165,9 +165,10 @@ def valid_windows(data_path: Path, context_length: int, train_split: float = 0.9
     import numpy as np
     import torch
 
-    from trainer.data import read_text, tokenize
+    from trainer.data.cache import load_tokens
+    from trainer.data.sources import Source
 
-    ids = tokenize(read_text(str(data_path), None), "cl100k_base").astype(np.int64)
+    ids = np.array(load_tokens(Source.of({"data_path": str(data_path)}), "cl100k_base").memmap()).astype(np.int64)
     n_train = int(len(ids) * train_split)  # the book's split and ours: the same position
     valid = torch.from_numpy(ids[n_train:])
     n = (len(valid) - 1) // context_length

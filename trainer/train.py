@@ -99,13 +99,15 @@ def fit(run: Run, out: Trackers) -> dict[str, Any]:
         run.step += 1
         check_finite(run, lr, {"train": loss})
         out.step(loss, speed.rate(), speed.mfu(speed.rate()))
+    final_start = speed.wall()
     out.amend_last_row(final_eval(run))
     valid = run.final["valid"]
     return {"best_valid_loss": run.best, "final_valid_loss": valid.loss, "final_valid_loss_se": valid.se,
             "final_bits_per_byte": valid.bits_per_byte, "final_valid_windows": valid.windows,
             "final_train_loss": run.final["train"].loss,
             "steps": run.step, "tokens_seen": run.tokens_seen, "stopped": run.stopped,
-            "tokens_per_s": speed.last_rate, "wall_s": round(speed.wall(), 3)}
+            "tokens_per_s": speed.last_rate, "final_eval_s": round(speed.wall() - final_start, 3),
+            "wall_s": round(speed.wall(), 3)}
 
 
 def train_step(run: Run, lr: float) -> float:

@@ -69,8 +69,7 @@ class Tokens:
 def load_tokens(source: Source, encoding: str, progress: Optional[bool] = None) -> Tokens:
     """The corpus's ids, from the cache, tokenizing it first (once, whoever else asks at the same time)."""
     files = source.files()
-    key = json.dumps({"version": VERSION, "encoding": encoding, **source.fingerprint(files)}, sort_keys=True)
-    entry = Entry(cache_dir() / "tokens", f"{encoding}-{hashlib.sha256(key.encode()).hexdigest()[:32]}")
+    entry = entry_of(source, files, encoding)
     found = entry.read()
     if found is not None:
         return found
@@ -81,6 +80,12 @@ def load_tokens(source: Source, encoding: str, progress: Optional[bool] = None) 
         if found is not None:
             return found
         return entry.build(source, files, encoding, progress)
+
+
+def entry_of(source: Source, files: list[Path], encoding: str) -> Entry:
+    """The cache entry of this source's files, tokenized with this encoding."""
+    key = json.dumps({"version": VERSION, "encoding": encoding, **source.fingerprint(files)}, sort_keys=True)
+    return Entry(cache_dir() / "tokens", f"{encoding}-{hashlib.sha256(key.encode()).hexdigest()[:32]}")
 
 
 class Entry:
