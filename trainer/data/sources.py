@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 from trainer.errors import UserError
 
-SEGMENT_BYTES = 4 << 20  # read this much at a time: a segment is about this size
+SEGMENT_BYTES = 1 << 20  # read this much at a time: a segment is about this size
 LONGEST_LINE = 64 << 20  # past this without a safe cut (one huge line), cut between two words
 SAFE_CUT = re.compile(rb"\n[\x21-\x7e]")  # a newline, then a printable ASCII character
 WORD_CUT = re.compile(rb"[A-Za-z0-9] [A-Za-z]")  # before the space: "bar| foo" keeps " foo" whole

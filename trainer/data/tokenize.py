@@ -4,7 +4,7 @@ Segments are grouped into blocks of about BLOCK_BYTES, each cut only before a sa
 trainer.data.sources), and the blocks are encoded by a pool of threads: tiktoken's
 `encode_to_numpy` releases the GIL while it encodes and returns the ids as a uint32 array, with no
 Python list of ints in between (threads beat processes here: scripts/bench_data.py measures both).
-The main thread reads the next segments meanwhile, then writes each block's ids in order and adds
+Each thread has an Encoding of its own (PerThread). The main thread reads the next segments meanwhile, then writes each block's ids in order and adds
 its id counts: the vocabulary the run trains over (vocab_compaction) is where the counts are > 0.
 At most 2 x threads blocks are in flight, so memory stays a few blocks whatever the corpus.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ import numpy as np
 from trainer.data.sources import Segment
 from trainer.errors import UserError
 
-BLOCK_BYTES = 4 << 20  # one thread's unit of work
+BLOCK_BYTES = 1 << 20  # one thread's unit of work: small enough that a 10 MB corpus keeps every core busy
 THREADS_ENV = "TRAINER_TOKENIZER_THREADS"  # how many threads tokenize (default: every core this process may use)
 log = logging.getLogger("trainer")
 
@@ -102,11 +103,31 @@ def _encoded(enc, block: list[Segment], separator: str) -> tuple[np.ndarray, np.
             sum(s.nbytes for s in block))
 
 
+class PerThread:
+    """An Encoding of its own for each thread: threads that share one tiktoken Encoding run slower
+    than the thread that used it first (its regex caches), so two of them fall well short of twice
+    one core; each with its own, they reach it (the README's data benchmark). One costs ~0.05 s."""
+
+    def __init__(self, enc):
+        self.enc, self.local = enc, threading.local()
+
+    def get(self):
+        mine = getattr(self.local, "enc", None)
+        if mine is None:
+            import tiktoken
+
+            e = self.enc
+            mine = self.local.enc = tiktoken.Encoding(e.name, pat_str=e._pat_str, mergeable_ranks=e._mergeable_ranks,
+                                                      special_tokens=e._special_tokens)
+        return mine
+
+
 def tokenize_to(out: BinaryIO, segments: Iterator[Segment], enc, separator: str,
                 progress: Callable[[int], None]) -> Counts:
     """Write the ids of every segment, in order, to `out` as uint32; return what was counted."""
     counts = Counts(ids=np.zeros(enc.n_vocab, dtype=np.int64))
     n = threads()
+    own = PerThread(enc)
     pending: deque[Future] = deque()
 
     def take_one() -> None:
@@ -121,7 +142,7 @@ def tokenize_to(out: BinaryIO, segments: Iterator[Segment], enc, separator: str,
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="tokenize") as pool:
         try:
             for block in blocks(segments):
-                pending.append(pool.submit(_encoded, enc, block, separator))
+                pending.append(pool.submit(lambda b: _encoded(own.get(), b, separator), block))
                 while len(pending) >= 2 * n:
                     take_one()
             while pending:
