@@ -5,6 +5,7 @@ read the same ids, batches and eval windows as before."""
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 
@@ -159,3 +160,19 @@ def test_trains_on_the_real_pr_titles_corpus(trainer_here, tmp_path):
     assert rows[-1]["valid_loss"] < rows[0]["valid_loss"]
     r = trainer_here(*TINY, "data=text", f"data_path={csv}", "max_iters=2")  # the book's way: the raw file
     assert r.returncode == 0, r.stderr
+
+
+def test_tokenizing_shows_mb_done_rate_and_eta_as_a_bar_or_plain_lines(monkeypatch, caplog, capsys):
+    monkeypatch.setattr(tokenize.Progress, "PLAIN_EVERY_S", 0.0)
+    monkeypatch.setattr(tokenize.Progress, "DELAY_S", 0.0)
+    with caplog.at_level("INFO", logger="trainer"):
+        plain = tokenize.Progress(4_000_000, False, "data_path=big.txt")  # progress=false, or no terminal
+        plain(1_000_000)
+        plain.close()
+    assert re.fullmatch(r"tokenizing data_path=big.txt: 1\.0 of 4\.0 MB \(25%\), [\d.]+ MB/s, ETA \d+ s",
+                        caplog.messages[-1]), caplog.messages
+    bar = tokenize.Progress(4_000_000, True, "data_path=big.txt")  # progress=true: tqdm's bar on stderr
+    bar(2_000_000)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "tokenizing" in err and "2.00M/4.00M" in err and "B/s" in err

@@ -4,8 +4,9 @@ During training (trainer.train): every eval scores each split's *fixed* windows,
 from `eval_seed` (trainer.run), so every eval of every run of a sweep is scored on the same text
 whatever its TORCH_SEED; `eval_row` makes the row the trackers write. When the run ends,
 `final_eval` scores the valid split (every non-overlapping window, or `final_eval_windows` of them
-evenly spaced over a big one) and a sample of the train split: that is the run's `final_valid_loss`. A new eval metric goes here: compute it in
-`score` (or from the run in `eval_row`) and put it in the row.
+evenly spaced over a big one) and a sample of the train split: that is the run's `final_valid_loss`.
+A new eval metric goes here: compute it in `score` (or from the run in `eval_row`) and put it in
+the row.
 
 After training: `python -m trainer.evaluate RUN_DIR [...]` (`main`, below) scores a run's
 checkpoint on the whole split of its own corpus or of another file, and writes eval.json.

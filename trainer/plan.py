@@ -41,7 +41,7 @@ TIMED_STEPS = 3  # after one warm-up step; their median counts
 # What changes the numbers a step computes but not how long it takes: jobs differing only in these are timed once.
 SPEED_NEUTRAL = {"learning_rate", "weight_decay", "beta1", "beta2", "eps", "momentum", "lr_schedule", "warmup_iters",
                  "min_lr", "TORCH_SEED", "max_iters", "eval_interval", "checkpoint_interval", "progress", "wandb",
-                 "resume", "plan"}
+                 "resume", "plan", "prepare", "final_eval_windows"}
 
 
 @dataclass
