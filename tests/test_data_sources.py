@@ -64,7 +64,7 @@ def test_every_record_format_reads_the_same_documents_and_tokens(tmp_path, cache
         assert load_tokens(src, "cl100k_base").documents == len(DOCS)
 
 
-def test_a_directory_is_every_file_under_it_sorted_hidden_ones_skipped(tmp_path, cache):
+def test_a_directory_is_every_file_under_it_sorted_hidden_ones_skipped(tmp_path, cache, monkeypatch):
     d = tmp_path / "corpus"
     (d / "b" / "deeper").mkdir(parents=True)
     (d / ".git").mkdir()
@@ -77,6 +77,8 @@ def test_a_directory_is_every_file_under_it_sorted_hidden_ones_skipped(tmp_path,
     assert source(d).text() == "first file\nsecond file\nthird file\n"
     assert source(f"{d}/**/*.md").files() == [d / "b" / "deeper" / "c.md"]  # a glob, recursive
     assert source(f"{d}/*.txt").text() == "first file\n"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert source("~/corpus").files() == source(d).files() and source("~/corpus/*.txt").files() == [d / "a.txt"]
 
 
 def test_document_separators(tmp_path, cache):

@@ -109,11 +109,17 @@ class Entry:
         return Tokens(self.bin, dtype, meta["tokens"], meta["documents"], meta["bytes"], self.counts)
 
     def dir_ready(self) -> None:
+        """The cache dir made, and writable: a read-only one is one line, not a traceback at the lock."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            writable = os.access(self.root, os.W_OK)
         except OSError as e:
-            raise UserError(f"{self.root}: cannot make the token cache here ({e.strerror or e}); "
-                            f"set {CACHE_DIR_ENV} to a writable dir") from None
+            writable, why = False, e.strerror or str(e)
+        else:
+            why = "read-only"
+        if not writable:
+            raise UserError(f"{self.root}: cannot write the token cache here ({why}); "
+                            f"set {CACHE_DIR_ENV} to a writable dir")
 
     def build(self, source: Source, files: list[Path], encoding: str, bar: Optional[bool]) -> Tokens:
         """Tokenize the source into temp files, then rename them into place, the .json last."""
@@ -136,6 +142,7 @@ class Entry:
             meta = {"dtype": dtype.name, "tokens": counts.tokens, "documents": counts.documents,
                     "bytes": counts.bytes, "encoding": encoding, "source": source.where, "files": len(files)}
             tmp_meta.write_text(json.dumps(meta, indent=1) + "\n")
+            self.meta.unlink(missing_ok=True)  # a damaged entry's: never beside the new .bin
             for tmp, final in zip(self.tmp, (self.bin, self.counts, self.meta), strict=True):
                 os.replace(tmp, final)  # the .json last: until it is there, the entry is not
         except OSError as e:

@@ -23,6 +23,7 @@ the ids of the whole text tokenized at once, as the book does.
 from __future__ import annotations
 
 import csv
+import functools
 import glob as globlib
 import gzip
 import hashlib
@@ -32,11 +33,12 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from trainer.config import plain
 from trainer.errors import UserError
 
 SEGMENT_BYTES = 1 << 20  # read this much at a time: a segment is about this size
@@ -71,8 +73,8 @@ class Source:
     def of(cls, h: Mapping[str, Any]) -> Source:
         """A config's data keys; a saved h_params from before `format` existed reads as it did then
         (a CSV column when text_column is set, else the file raw)."""
-        fmt = _plain(h.get("format")) or ("csv" if h.get("text_column") else "text")
-        sep = _plain(h.get("document_separator")) or ("none" if fmt == "text" else "newline")
+        fmt = plain(h.get("format")) or ("csv" if h.get("text_column") else "text")
+        sep = plain(h.get("document_separator")) or ("none" if fmt == "text" else "newline")
         return cls(h.get("data_path"), fmt, h.get("text_column"), sep,
                    h.get("hf_split") or "train", h.get("hf_config"))
 
@@ -86,9 +88,9 @@ class Source:
         """The files to read, in order; a UserError naming data_path when there are none."""
         if self.data_path is None or (self.format == "hf" and not Path(self.data_path).exists()):
             return []  # the synthetic corpus, or a hub dataset: no files here
-        path = Path(self.data_path)
+        path = Path(self.data_path).expanduser()  # a ~ that reaches us (quoted, or from a YAML file)
         if any(c in self.data_path for c in "*?["):
-            found = [Path(p) for p in sorted(globlib.glob(self.data_path, recursive=True)) if Path(p).is_file()]
+            found = [Path(p) for p in sorted(globlib.glob(str(path), recursive=True)) if Path(p).is_file()]
             if not found:
                 raise UserError(f"{self.where}: the glob matches no files")
             return found
@@ -112,9 +114,7 @@ class Source:
         if self.format == "hf":
             keys.update(hf_split=self.hf_split, hf_config=self.hf_config, data_path=self.data_path)
         if self.data_path is None:
-            from trainer.synthetic import generate
-
-            keys["synthetic"] = hashlib.sha256(generate().encode()).hexdigest()
+            keys["synthetic"] = hashlib.sha256(_synthetic().encode()).hexdigest()
         stats = []
         for f in files:
             try:
@@ -135,9 +135,7 @@ class Source:
     def segments(self, files: list[Path]) -> Iterator[Segment]:
         """The corpus, in order, with the separator's newline already added after each document."""
         if self.data_path is None:
-            from trainer.synthetic import generate
-
-            yield from self._documents([generate()])
+            yield from self._documents([(_synthetic(), 0)])
             return
         if self.format == "hf":
             yield from self._documents(_hf_records(self))
@@ -152,11 +150,10 @@ class Source:
                 read = {"csv": _csv_records, "jsonl": _jsonl_records, "parquet": _parquet_records}[self.format]
                 yield from self._documents(read(f, shown, self.text_column))
 
-    def _documents(self, records) -> Iterator[Segment]:
-        """Records (str, or (str, bytes consumed)) as one Segment each; empty ones are skipped."""
+    def _documents(self, records: Iterable[tuple[str, int]]) -> Iterator[Segment]:
+        """Records (their text, and the bytes read for them) as one Segment each; empty ones are skipped."""
         newline = self.separator == "newline"
-        for record in records:
-            text, nbytes = record if isinstance(record, tuple) else (record, 0)
+        for text, nbytes in records:
             if not text:
                 continue
             if newline:
@@ -169,8 +166,12 @@ class Source:
         return "".join(s.text for s in self.segments(self.files()))
 
 
-def _plain(value: Any) -> Any:
-    return getattr(value, "value", value)  # an Enum's value, as trainer.config.plain
+@functools.cache
+def _synthetic() -> str:
+    """The default corpus, generated once a process (its hash keys the cache, then it is read)."""
+    from trainer.synthetic import generate
+
+    return generate()
 
 
 def _starts_safe(text: str) -> bool:
