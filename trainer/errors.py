@@ -38,9 +38,13 @@ class WriteFailed(UserError):
     was written before (the previous checkpoint) stays as it was."""
 
     def __init__(self, path: os.PathLike | str, e: BaseException):
-        code = getattr(e, "errno", None) or _errno_in(str(e))
-        why = f"{errno.errorcode.get(code, code)}: {os.strerror(code)}" if code else str(e).splitlines()[0]
-        super().__init__(f"{path}: cannot write it ({why}); the files written before it are intact")
+        super().__init__(f"{path}: cannot write it ({write_failure(e)}); the files written before it are intact")
+
+
+def write_failure(e: BaseException) -> str:
+    """Why a write failed, as "ENOSPC: No space left on device" (or the error's first line)."""
+    code = getattr(e, "errno", None) or _errno_in(str(e))
+    return f"{errno.errorcode.get(code, code)}: {os.strerror(code)}" if code else str(e).splitlines()[0]
 
 
 def _errno_in(text: str) -> int | None:

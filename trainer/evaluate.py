@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from trainer import checkpoint, distributed, rundir
 from trainer.data.batches import Ids, spread_starts, windows
 from trainer.data.cache import load_tokens
-from trainer.data.corpus import TokenSplit, lookup_table, token_byte_lengths
+from trainer.data.corpus import TokenSplit, lookup_table, split_of, token_byte_lengths
 from trainer.data.sources import Source
 from trainer.device import autocast
 from trainer.errors import UserError
@@ -180,9 +180,7 @@ def split_ids(h: dict[str, Any], vocab: Optional[torch.Tensor], data: Optional[s
         raise UserError(f"{where}: file not found" if not Path(data).exists() else f"{where}: not a file")
     tokens = load_tokens(source, h["encoding"])
     lut = lookup_table(vocab.numpy(), len(tokens.counts())) if vocab is not None else None
-    n_train = int(tokens.n * h["train_split"])
-    start, stop = {"train": (0, n_train), "valid": (n_train, tokens.n), "all": (0, tokens.n)}[split]
-    part = TokenSplit(tokens, start, stop, lut)
+    part = split_of(tokens, h["train_split"], split, lut)
     if lut is not None:  # the model reads compact ids: a token it never saw has no id
         unknown = sum(int((lut[ids] < 0).sum()) for ids in part.raw_chunks())
         if unknown:

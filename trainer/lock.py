@@ -93,19 +93,18 @@ def exclusive(path: Path, waiting: Optional[Callable[[str], None]] = None) -> It
         yield
         return
     with open(path, "a+") as f:
-        if waiting is not None:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
                 f.seek(0)
                 waiting(f.read().strip() or "another process")
-                fcntl.flock(f, fcntl.LOCK_EX)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        if waiting is not None:
             f.seek(0)
             f.truncate()
             f.write(holder_line())
             f.flush()
-        else:
-            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -10,7 +10,6 @@ The keys are the training command's: a sweep's command line prepares each corpus
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Optional
@@ -33,13 +32,14 @@ def prepared(argv: list[str]) -> bool:
         validate(cfg)
     seen = set()
     for cfg in configs:
-        key = json.dumps([str(Source.of(cfg)), cfg.encoding, cfg.vocab_compaction, cfg.train_split])
+        source = Source.of(cfg)
+        key = (source, cfg.encoding, cfg.vocab_compaction, cfg.train_split)  # what the line below reports
         if key in seen:
             continue
         seen.add(key)
         c = load_corpus(cfg, progress=plain(cfg.progress))
         t = c.tokens
-        print(f"Prepared {Source.of(cfg).where}: {t.documents:,} documents, {t.bytes:,} bytes, {t.n:,} tokens "
+        print(f"Prepared {source.where}: {t.documents:,} documents, {t.bytes:,} bytes, {t.n:,} tokens "
               f"(vocab {c.vocab_size:,} of {c.max_token_value:,} ids), split {len(c.train):,} / {len(c.valid):,}; "
               f"{'tokenized into' if t.fresh else 'already in'} the cache {t.path}", flush=True)
     return True

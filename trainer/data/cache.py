@@ -29,7 +29,7 @@ import numpy as np
 
 from trainer.data.sources import Source
 from trainer.data.tokenize import Progress, get_encoding, threads, tokenize_to
-from trainer.errors import UserError
+from trainer.errors import UserError, write_failure
 from trainer.lock import exclusive
 
 CACHE_DIR_ENV = "TRAINER_CACHE_DIR"
@@ -146,7 +146,7 @@ class Entry:
             for tmp, final in zip(self.tmp, (self.bin, self.counts, self.meta), strict=True):
                 os.replace(tmp, final)  # the .json last: until it is there, the entry is not
         except OSError as e:
-            raise UserError(f"{self.bin}: cannot write the token cache ({_why(e)}); the partial files "
+            raise UserError(f"{self.bin}: cannot write the token cache ({write_failure(e)}); the partial files "
                             f"were removed (free some space, or set {CACHE_DIR_ENV})") from None
         finally:
             progress.close()
@@ -165,11 +165,3 @@ def _narrow(path: Path, n: int) -> None:
             f.seek(2 * start)
             f.write(ids.astype(np.uint16).tobytes())
         f.truncate(2 * n)
-
-
-def _why(e: OSError) -> str:
-    import errno
-
-    return f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}" if e.errno else str(e)
-
-

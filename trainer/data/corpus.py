@@ -93,6 +93,13 @@ def lookup_table(vocab: np.ndarray, n_vocab: int) -> np.ndarray:
     return lut
 
 
+def split_of(tokens: Tokens, train_split: float, split: str, lut: Optional[np.ndarray]) -> TokenSplit:
+    """train (the first train_split of the ids, as the book splits), valid (the rest) or all."""
+    n_train = int(tokens.n * train_split)
+    start, stop = {"train": (0, n_train), "valid": (n_train, tokens.n), "all": (0, tokens.n)}[split]
+    return TokenSplit(tokens, start, stop, lut)
+
+
 def load_corpus(h: Mapping[str, Any], progress: Optional[bool] = None) -> Corpus:
     """The corpus of a config (or a saved h_params): tokenized through the cache, split by position."""
     source = Source.of(h)
@@ -106,8 +113,7 @@ def load_corpus(h: Mapping[str, Any], progress: Optional[bool] = None) -> Corpus
         vocab_size = len(present)
     else:
         lut, vocab, vocab_size = None, None, max_token_value
-    n_train = int(tokens.n * h["train_split"])
-    train, valid = TokenSplit(tokens, 0, n_train, lut), TokenSplit(tokens, n_train, tokens.n, lut)
+    train, valid = split_of(tokens, h["train_split"], "train", lut), split_of(tokens, h["train_split"], "valid", lut)
     shortest, T = min(len(train), len(valid)), h["context_length"]
     if shortest < T + 1:
         split = "train" if len(train) <= len(valid) else "valid"

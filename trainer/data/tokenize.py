@@ -80,18 +80,21 @@ def blocks(segments: Iterator[Segment], size: int = BLOCK_BYTES) -> Iterator[lis
 def encode_block(enc, block: list[Segment], separator: str) -> np.ndarray:
     """(n,) uint32: a block's ids. `newline`: the block as one text (its documents already end in a
     newline); `none` and `eot`: each document apart (eot: followed by <|endoftext|>)."""
+    def ordinary(texts: list[str]) -> np.ndarray:  # "<|endoftext|>" in a document is text, not the token
+        return enc.encode_to_numpy("".join(texts), disallowed_special=())
+
     if separator == "newline":
-        return enc.encode_to_numpy("".join(s.text for s in block), disallowed_special=())
+        return ordinary([s.text for s in block])
     parts, doc = [], []
     for s in block:
         doc.append(s.text)
         if s.doc_end:
-            parts.append(enc.encode_to_numpy("".join(doc), disallowed_special=()))
+            parts.append(ordinary(doc))
             if separator == "eot":
                 parts.append(np.array([enc.eot_token], dtype=np.uint32))
             doc = []
     if doc:
-        parts.append(enc.encode_to_numpy("".join(doc), disallowed_special=()))
+        parts.append(ordinary(doc))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
 
 
