@@ -4,6 +4,7 @@ it ends exactly where a run that was never stopped does."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -165,3 +166,21 @@ def test_a_sweep_stops_on_sigterm_and_its_resume_finishes_the_stopped_job(env, t
     assert resumed.returncode == 0, resumed.stderr
     assert all((sweep / job / rundir.SUMMARY).exists() for job in ("0", "1"))
     assert saved_step(sweep / "0") == 300 and metrics(sweep / "0")[0]["step"] == 0
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_lands_once_it_is_in_place(tmp_path, monkeypatch):
+    """A first Ctrl-C inside torch.save would turn into torch's "unexpected pos" RuntimeError (exit 1,
+    a traceback, the Ctrl-C lost): it waits for the save to end, then stops the run as Ctrl-C does."""
+    from trainer import checkpoint, preempt
+
+    real = torch.save
+
+    def save_hit_by_ctrl_c(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the checkpoint is being written
+        real(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_hit_by_ctrl_c)
+    with preempt.watch(tmp_path), pytest.raises(KeyboardInterrupt):
+        checkpoint.save({"step": 3}, tmp_path / rundir.CKPT)
+    assert torch.load(tmp_path / rundir.CKPT, weights_only=True) == {"step": 3}  # whole, and in place
+    assert not list(tmp_path.glob(".*.tmp"))

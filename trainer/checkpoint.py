@@ -74,25 +74,28 @@ def save_best(run: Run) -> None:
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write to a temp file in the same dir, fsync, then rename: a crash never leaves half a file."""
+    from trainer.preempt import uninterrupted  # here: trainer.preempt imports this module
+
     path = Path(path)
     _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with writing(path), open(tmp, "wb") as f:  # a full disk or a size limit: one line, the old file kept
-            try:
-                torch.save(state, f)
-            except RuntimeError as e:
-                raise _why_short(f, e) from None
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    with uninterrupted():  # a first Ctrl-C lands once the file is in place, not inside torch.save's write
+        try:
+            with writing(path), open(tmp, "wb") as f:  # a full disk or a size limit: one line, the old file kept
+                try:
+                    torch.save(state, f)
+                except RuntimeError as e:
+                    raise _why_short(f, e) from None
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
 
 
 def _why_short(f, e: RuntimeError) -> BaseException:

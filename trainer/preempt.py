@@ -4,6 +4,7 @@ trained is lost and `resume=` continues exactly.
 
     watch(run_dir)        while training: the handlers in place, the previous ones put back after
     stop_if_signalled()   the loop's check before each step: save here and raise Preempted
+    uninterrupted()       a block (a checkpoint's write) that a first Ctrl-C interrupts only at its end
 A signal only sets a flag; the loop reads it between steps (under torchrun every rank learns
 whether any rank got one, so all stop at the same step and rank 0 saves). A second signal
 exits at once (exit code 128 + its number), as does SIGINT after any of them; the first SIGINT
@@ -45,6 +46,8 @@ class Preempted(BaseException):
 
 _first: Optional[tuple[int, float]] = None  # the first signal since watch() began, and when
 _run_dir: Optional[Path] = None
+_holding = False  # in uninterrupted(): a first Ctrl-C waits for the block's end
+_held = False  # a Ctrl-C came while holding
 
 
 @contextlib.contextmanager
@@ -66,16 +69,38 @@ def watch(run_dir: Path) -> Iterator[None]:
 
 
 def _on_signal(signum: int, frame) -> None:
-    global _first
+    global _first, _held
     now = time.monotonic()
     if _first is None:
         _first = (signum, now)
         if signum == signal.SIGINT:
+            if _holding:
+                _held = True
+                return
             raise KeyboardInterrupt  # Ctrl-C as ever
         return
     if signum == _first[0] and signum != signal.SIGINT and now - _first[1] < REPEAT_S:
         return
     _exit_now(signum)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A block a first Ctrl-C must not cut short (a checkpoint being written: torch.save turns an
+    interrupted write into an "unexpected pos" RuntimeError and the Ctrl-C is lost): its
+    KeyboardInterrupt comes when the block ends. A second signal still exits at once."""
+    global _holding, _held
+    if _holding:  # nested: the outer block delivers it
+        yield
+        return
+    _holding, _held = True, False
+    try:
+        yield
+    finally:
+        _holding = False
+    if _held:  # the block ended normally (an error from it wins over the Ctrl-C)
+        _held = False
+        raise KeyboardInterrupt
 
 
 def _exit_now(signum: int) -> None:
