@@ -47,10 +47,13 @@ def test_model_presets(make_cfg, model, shape):
     cfg = make_cfg(f"model={model}")
     assert (cfg.d_model, cfg.num_blocks, cfg.num_heads, cfg.context_length) == shape
     validate(cfg)
-    arch = {k: h_params_of(cfg)[k] for k in ("activation", "norm", "positions", "tie_weights", "init", "bias")}
+    arch = {k: h_params_of(cfg)[k] for k in ("activation", "norm", "positions", "tie_weights", "init", "bias",
+                                             "qkv_bias", "head_bias")}
     book = {"activation": "relu", "norm": "layernorm", "positions": "sinusoidal", "tie_weights": False,
-            "init": "pytorch", "bias": True}
-    assert arch == (book if model != "modern" else {**book, "positions": "rope", "bias": False})
+            "init": "pytorch", "bias": True, "qkv_bias": False, "head_bias": True}
+    gpt2 = {**book, "activation": "gelu_tanh", "positions": "learned", "tie_weights": True, "init": "scaled",
+            "qkv_bias": True, "head_bias": False}  # GPT-2's own architecture, as transformers builds it
+    assert arch == {"modern": {**book, "positions": "rope", "bias": False}, "gpt2": gpt2}.get(model, book)
 
 
 def test_architecture_keys_sweep_from_the_command_line(make_cfg):

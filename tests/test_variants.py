@@ -152,7 +152,7 @@ def test_resuming_with_two_param_groups_is_bit_exact(trainer_here, cli, tmp_path
 
 @pytest.mark.parametrize("overrides, message", [
     (["activation=tanh"], "activation: Error merging override activation=tanh: Invalid value 'tanh', "
-                          "expected one of [relu, gelu, swiglu]"),
+                          "expected one of [relu, gelu, gelu_tanh, swiglu]"),
     (["positions=rope", "d_model=42", "num_heads=2"], "positions=rope: needs an even head size, "
                                                         "d_model/num_heads = 21"),
     (["norm=batchnorm"], "norm: "), (["init=xavier"], "init: "), (["weight_decay_on=biases"], "weight_decay_on: "),
@@ -180,6 +180,23 @@ def test_scaled_init_is_gpt2s():
             assert torch.all(p == 0), name
         else:
             assert torch.all(p == 1), name  # the norms' gains
+
+
+def test_gpt2s_biases_a_qkv_bias_and_no_head_bias():
+    model = GPT({**BOOK, "qkv_bias": True, "head_bias": False})
+    names = {name for name, _ in model.named_parameters()}
+    assert "blocks.0.attn.qkv.bias" in names and "head.bias" not in names
+    book = {name for name, _ in GPT(BOOK).named_parameters()}
+    assert "blocks.0.attn.qkv.bias" not in book and "head.bias" in book  # the book's: the other way round
+    assert not any(n.endswith("bias") for n, _ in GPT({**BOOK, "bias": False, "qkv_bias": True}).named_parameters())
+
+
+def test_gelu_tanh_is_the_tanh_approximation():
+    x = torch.linspace(-4, 4, 101)
+    ffn = GPT({**BOOK, "activation": "gelu_tanh"}).blocks[0].ffn.net[1]
+    expected = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))  # GPT-2's gelu_new
+    assert torch.allclose(ffn(x), expected, atol=1e-6)
+    assert not torch.allclose(ffn(x), torch.nn.functional.gelu(x), atol=1e-4)  # not the exact erf GELU
 
 
 def test_tied_weights_keep_the_heads_init_not_the_embeddings_n01():

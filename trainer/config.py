@@ -35,7 +35,7 @@ def choices(name: str, *values: str) -> type[Enum]:
 Device = choices("Device", "auto", "cpu", "cuda", "mps")
 LRSchedule = choices("LRSchedule", "constant", "cosine")
 # The model's architecture (trainer.model): the first value of each is the book's.
-Activation = choices("Activation", "relu", "gelu", "swiglu")
+Activation = choices("Activation", "relu", "gelu", "gelu_tanh", "swiglu")
 Norm = choices("Norm", "layernorm", "rmsnorm")
 Positions = choices("Positions", "sinusoidal", "learned", "rope")
 Init = choices("Init", "pytorch", "scaled")
@@ -76,11 +76,13 @@ class TrainConfig:
     dropout: float = 0.1
     tie_weights: bool = False  # the head shares the token embedding's matrix
     # architecture variants (defaults: the book's model; trainer.model.ARCH_DEFAULTS for checkpoints without them)
-    activation: Activation = Activation.relu  # the feed-forward's: relu | gelu | swiglu
+    activation: Activation = Activation.relu  # the feed-forward's: relu | gelu | gelu_tanh (GPT-2's) | swiglu
     norm: Norm = Norm.layernorm  # layernorm | rmsnorm
     positions: Positions = Positions.sinusoidal  # sinusoidal (added) | learned (added) | rope (rotates q and k)
     init: Init = Init.pytorch  # pytorch (torch's module defaults) | scaled (GPT-2's N(0, 0.02))
-    bias: bool = True  # biases in the Linears and norms (the qkv projection never has one, as in the book)
+    bias: bool = True  # biases in the Linears and norms; false: none anywhere (qkv and head included)
+    qkv_bias: bool = False  # a bias in the fused q, k, v projection (GPT-2's; the book's has none)
+    head_bias: bool = True  # a bias in the output head (the book's; GPT-2's has none)
     # optimizer (conf/optimizer/*)
     optimizer: str = "adamw"  # a name in trainer.optim.OPTIMIZERS (conf/optimizer/<name>.yaml sets it)
     learning_rate: float = 1e-3

@@ -8,9 +8,11 @@ instead of on every forward call, and on a CPU the dropout masks, the attention 
 the loss come from trainer/kernels.py (cheaper kernels for the same formulas).
 
 Architecture variants, each a config key (trainer/config.py) kept in the checkpoint's h_params:
-activation (relu | gelu | swiglu), norm (layernorm | rmsnorm), positions (sinusoidal | learned |
-rope), tie_weights, init (pytorch | scaled) and bias. The defaults (ARCH_DEFAULTS) are the book's
-model, parameter for parameter and random draw for random draw.
+activation (relu | gelu | gelu_tanh | swiglu), norm (layernorm | rmsnorm), positions (sinusoidal |
+learned | rope), tie_weights, init (pytorch | scaled), bias, qkv_bias and head_bias. The defaults
+(ARCH_DEFAULTS) are the book's model, parameter for parameter and random draw for random draw;
+model=gpt2 sets GPT-2's (learned positions, tanh GELU, tied head without a bias, a qkv bias), which
+is what trainer.pretrained imports from transformers and trainer.export writes back.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def sinusoidal_positions(context_length: int, d_model: int) -> torch.Tensor:
 
 # What a checkpoint without these keys in its h_params was (one from before they existed): the book's model.
 ARCH_DEFAULTS = {"activation": "relu", "norm": "layernorm", "positions": "sinusoidal", "tie_weights": False,
-                 "init": "pytorch", "bias": True}
+                 "init": "pytorch", "bias": True, "qkv_bias": False, "head_bias": True}
 INIT_STD = 0.02  # init=scaled: GPT-2's
 
 
@@ -80,11 +82,14 @@ def make_norm(kind: str, d_model: int) -> nn.Module:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, num_heads: int, dropout: float, rotary: Optional[Rotary] = None):
+    def __init__(self, d_model: int, num_heads: int, dropout: float, rotary: Optional[Rotary] = None,
+                 qkv_bias: bool = False):
         super().__init__()
         self.num_heads, self.dropout = num_heads, dropout
         self.rotary = rotary  # positions=rope: the positions enter here, on q and k, not added to x
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)  # the book's per-head q, k, v, fused
+        # the book's per-head q, k, v, fused (q's heads, then k's, then v's: GPT-2's c_attn layout);
+        # the book's have no bias, GPT-2's have one
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=qkv_bias)
         self.proj = nn.Linear(d_model, d_model)
         self.resid_drop = Dropout(dropout)
 
@@ -109,7 +114,8 @@ class SwiGLU(nn.Module):
         return F.silu(gate) * up
 
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swiglu": SwiGLU}
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swiglu": SwiGLU,
+               "gelu_tanh": lambda: nn.GELU(approximate="tanh")}  # GPT-2's ("gelu_new" in transformers)
 
 
 def ffn_widths(d_model: int, activation: str) -> tuple[int, int]:
@@ -136,10 +142,10 @@ class FeedForward(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, d_model: int, num_heads: int, dropout: float, activation: str = "relu",
-                 norm: str = "layernorm", rotary: Optional[Rotary] = None):
+                 norm: str = "layernorm", rotary: Optional[Rotary] = None, qkv_bias: bool = False):
         super().__init__()
         self.ln1 = make_norm(norm, d_model)
-        self.attn = CausalSelfAttention(d_model, num_heads, dropout, rotary)
+        self.attn = CausalSelfAttention(d_model, num_heads, dropout, rotary, qkv_bias)
         self.ln2 = make_norm(norm, d_model)
         self.ffn = FeedForward(d_model, dropout, activation)
 
@@ -163,9 +169,10 @@ class GPT(nn.Module):
         self.pos_emb = nn.Embedding(L, d) if arch["positions"] == "learned" else None  # added, as the table is
         rotary = Rotary(d // h_params["num_heads"], L) if arch["positions"] == "rope" else None
         self.blocks = nn.Sequential(*[Block(d, h_params["num_heads"], h_params["dropout"], arch["activation"],
-                                            arch["norm"], rotary) for _ in range(h_params["num_blocks"])])
+                                            arch["norm"], rotary, arch["qkv_bias"])
+                                      for _ in range(h_params["num_blocks"])])
         self.ln_f = make_norm(arch["norm"], d)
-        self.head = nn.Linear(d, vocab_size)
+        self.head = nn.Linear(d, vocab_size, bias=arch["head_bias"])
         self.tied = arch["tie_weights"]
         if self.tied:
             # One matrix, with the head's init: nn.Embedding's N(0, 1) as the head's weights makes the
@@ -185,7 +192,7 @@ class GPT(nn.Module):
         return self
 
     def _drop_biases(self) -> None:
-        """bias=false: no bias in any Linear (the qkv projection never had one) nor LayerNorm."""
+        """bias=false: no bias in any Linear (the qkv projection and the head included) nor LayerNorm."""
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.LayerNorm)):
                 m.bias = None  # unregisters the parameter: gone from parameters() and the state_dict

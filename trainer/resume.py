@@ -40,7 +40,7 @@ log = logging.getLogger("trainer")
 # draws the first weights, so it may change), and weight_decay_on, which makes the optimizer's
 # state another shape (one param group or two). A checkpoint from before a key existed has the default.
 SHAPE_KEYS = ("vocab_size", "d_model", "num_blocks", "num_heads", "context_length", "tie_weights",
-              "activation", "norm", "positions", "bias", "weight_decay_on")
+              "activation", "norm", "positions", "bias", "qkv_bias", "head_bias", "weight_decay_on")
 
 
 @dataclass
