@@ -10,7 +10,7 @@ import torch
 
 from trainer.errors import UserError
 from trainer.model import GPT
-from trainer.pretrained import architecture_of, load_weights
+from trainer.pretrained import architecture_of, as_gpt2, gpt2_config, load_weights, unexportable
 
 transformers = pytest.importorskip("transformers")
 
@@ -89,3 +89,36 @@ def test_a_directory_that_is_no_gpt2_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", **TINY_GPT2}))
     with pytest.raises(UserError, match=r"no model.safetensors \(nor pytorch_model.bin\)"):
         ours_from(tmp_path)
+
+
+# ----------------------------------------------------------------------------- our GPT as GPT-2
+
+
+GPT2_STYLE = {"d_model": 32, "num_blocks": 2, "num_heads": 4, "context_length": 24, "dropout": 0.0,
+              "max_token_value": 200, "positions": "learned", "activation": "gelu_tanh", "tie_weights": True,
+              "qkv_bias": True, "head_bias": False, "init": "scaled"}
+
+
+@pytest.mark.parametrize("h", [GPT2_STYLE, {**GPT2_STYLE, "positions": "sinusoidal", "activation": "relu"},
+                               {**GPT2_STYLE, "bias": False, "tie_weights": False},
+                               {**GPT2_STYLE, "qkv_bias": False, "activation": "gelu"}])
+def test_our_gpt_loaded_by_transformers_gives_the_same_logits(h):
+    torch.manual_seed(3)
+    ours = GPT(h).eval()
+    with torch.no_grad():  # away from the init's zero biases and unit gains
+        for p in ours.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert unexportable(h) == []
+    theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**gpt2_config(h, 200))).eval()
+    missing, unexpected = theirs.load_state_dict(as_gpt2(ours), strict=False)
+    assert not unexpected and all(k == "lm_head.weight" or k.endswith("attn.bias") for k in missing)
+    idx = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (ours(idx)[0] - theirs(idx).logits).abs().max().item() <= 1e-4
+
+
+def test_what_gpt2_cannot_express_is_named_by_its_keys():
+    book = {"d_model": 80, "num_blocks": 6, "num_heads": 4, "context_length": 128}  # the book's: a head bias
+    assert unexportable(book) == ["head_bias=true (GPT-2's output head has no bias)"]
+    modern = {**GPT2_STYLE, "positions": "rope", "activation": "swiglu", "norm": "rmsnorm"}
+    assert [why.split(" ")[0] for why in unexportable(modern)] == ["positions=rope", "activation=swiglu", "norm=rmsnorm"]

@@ -3,6 +3,7 @@
     architecture_of(path)  the h_params keys GPT-2's config.json fixes (width, depth, heads, context,
                            vocabulary, and the architecture: learned positions, tanh GELU, biases, tied head)
     load_weights(model, path)  its weights copied into a GPT built from those keys
+    unexportable(h), gpt2_config(h, V), as_gpt2(model)  the other way: our GPT as GPT2LMHeadModel
 
 GPT-2 in transformers stores its four projections (`attn.c_attn`, `attn.c_proj`, `mlp.c_fc`,
 `mlp.c_proj`) as Conv1D, whose weight is nn.Linear's transposed: they are transposed here, as
@@ -117,3 +118,53 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     except RuntimeError as e:
         raise UserError(f"init_from={path}: its weights do not fit its config.json ({str(e).splitlines()[-1].strip()})") \
             from None
+
+
+# ----------------------------------------------------------------------------- the other way: our GPT as GPT-2
+
+def unexportable(h: dict[str, Any]) -> list[str]:
+    """The keys of h_params that GPT2LMHeadModel cannot express (empty: it can). Sinusoidal positions
+    can: the fixed table becomes wpe's values. No bias at all can: zeros are written for GPT-2's."""
+    from trainer.model import architecture
+
+    a = architecture(h)
+    bad = [(a["positions"] == "rope", "positions=rope (GPT-2 adds a position table; it rotates nothing)"),
+           (a["activation"] == "swiglu", "activation=swiglu (GPT-2's MLP has no gate)"),
+           (a["norm"] == "rmsnorm", "norm=rmsnorm (GPT-2's norms are LayerNorms)"),
+           (a["bias"] and a["head_bias"], "head_bias=true (GPT-2's output head has no bias)")]
+    return [why for is_bad, why in bad if is_bad]
+
+
+def gpt2_config(h: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """config.json's GPT-2 keys for a model of these h_params (dropout 0: an exported model is for inference
+    and finetuning, which sets its own)."""
+    from trainer.model import architecture
+
+    a = architecture(h)
+    act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[a["activation"]]
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": h["d_model"],
+            "n_layer": h["num_blocks"], "n_head": h["num_heads"], "n_positions": h["context_length"],
+            "vocab_size": vocab_size, "activation_function": act, "layer_norm_epsilon": 1e-5,
+            "tie_word_embeddings": bool(a["tie_weights"]), "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+
+
+def as_gpt2(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Our GPT's weights under GPT2LMHeadModel's names (Linear weights transposed to Conv1D's), a
+    missing bias as zeros and fixed sinusoidal positions as wpe's table: the inverse of as_ours."""
+    sd = model.state_dict()
+    d = model.tok.weight.shape[1]
+
+    def get(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return sd[name] if name in sd else torch.zeros(shape)  # bias=false, qkv_bias=false: a zero bias
+
+    pos = model.pos_emb.weight if model.pos_emb is not None else model.pos  # learned, or the book's fixed table
+    out = {"transformer.wte.weight": sd["tok.weight"], "transformer.wpe.weight": pos.detach(),
+           "transformer.ln_f.weight": sd["ln_f.weight"], "transformer.ln_f.bias": get("ln_f.bias", (d,))}
+    for i in range(len(model.blocks)):
+        for theirs, mine in BLOCK_NAMES.items():
+            w = sd[f"blocks.{i}.{mine}.weight"]
+            out[f"transformer.h.{i}.{theirs}.weight"] = w.t() if f"{theirs}.weight" in CONV1D else w
+            out[f"transformer.h.{i}.{theirs}.bias"] = get(f"blocks.{i}.{mine}.bias", (w.shape[0],))
+    if not model.tied:
+        out["lm_head.weight"] = sd["head.weight"]
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
