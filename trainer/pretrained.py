@@ -145,7 +145,10 @@ def gpt2_config(h: dict[str, Any], vocab_size: int) -> dict[str, Any]:
     return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": h["d_model"],
             "n_layer": h["num_blocks"], "n_head": h["num_heads"], "n_positions": h["context_length"],
             "vocab_size": vocab_size, "activation_function": act, "layer_norm_epsilon": 1e-5,
-            "tie_word_embeddings": bool(a["tie_weights"]), "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+            "tie_word_embeddings": bool(a["tie_weights"]), "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            # GPT2Config's default, 50256, lies outside a smaller vocabulary (transformers warns): the
+            # tokenizer's end-of-text id goes here once export writes a tokenizer
+            "bos_token_id": None, "eos_token_id": None}
 
 
 def as_gpt2(model: torch.nn.Module) -> dict[str, torch.Tensor]:
