@@ -36,5 +36,6 @@ def test_an_exported_run_rebuilds_the_same_model(trainer_here, tmp_path, variant
 
 def test_exporting_a_missing_run_is_one_line(tmp_path):
     r = call_main(trainer.export.main, "nowhere", "--to", "safetensors", "out", cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.strip() == "error: nowhere: no such run dir or checkpoint"
+    assert r.returncode == 2 and r.stderr.strip() == ("error: checkpoint=nowhere: no checkpoint there "
+                                                  "(expected a run dir or a .ckpt file)")
     assert not (tmp_path / "out").exists()

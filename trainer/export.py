@@ -65,8 +65,6 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="a run dir's latest checkpoint (model.ckpt) or its best (best.ckpt)")
     a = p.parse_args(argv)
     try:
-        if not Path(a.checkpoint).exists():
-            raise UserError(f"{a.checkpoint}: no such run dir or checkpoint")
         out = to_safetensors(a.checkpoint, Path(a.out), a.which)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
