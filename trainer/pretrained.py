@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from trainer.errors import UserError
+from trainer.model import architecture
 
 EXTRA = "pip install -e '.[hf]'"  # what brings transformers, tokenizers and safetensors
 # transformers' activation_function -> ours: gelu_new (GPT-2's) and gelu_pytorch_tanh are both the tanh approximation
@@ -125,8 +126,6 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 def unexportable(h: dict[str, Any]) -> list[str]:
     """The keys of h_params that GPT2LMHeadModel cannot express (empty: it can). Sinusoidal positions
     can: the fixed table becomes wpe's values. No bias at all can: zeros are written for GPT-2's."""
-    from trainer.model import architecture
-
     a = architecture(h)
     bad = [(a["positions"] == "rope", "positions=rope (GPT-2 adds a position table; it rotates nothing)"),
            (a["activation"] == "swiglu", "activation=swiglu (GPT-2's MLP has no gate)"),
@@ -138,8 +137,6 @@ def unexportable(h: dict[str, Any]) -> list[str]:
 def gpt2_config(h: dict[str, Any], vocab_size: int) -> dict[str, Any]:
     """config.json's GPT-2 keys for a model of these h_params (dropout 0: an exported model is for inference
     and finetuning, which sets its own)."""
-    from trainer.model import architecture
-
     a = architecture(h)
     act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[a["activation"]]
     return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": h["d_model"],
