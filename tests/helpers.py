@@ -125,6 +125,12 @@ def run_in_process(*args: str, cwd: Path, cache_dir: Path) -> Result:
 # ----------------------------------------------------------------------------- reading results
 
 
+def ok(result):
+    """The result of a command that must succeed (its stderr shown when it did not)."""
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def run_dirs(root: Path) -> list[Path]:
     """Every single-run dir under root/outputs/<date>/<time>, oldest first."""
     return sorted(p for p in (root / rundir.OUTPUTS).glob("*/*") if p.is_dir() and p.parts[-2] != rundir.MULTIRUN)

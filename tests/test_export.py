@@ -7,17 +7,12 @@ import json
 
 import pytest
 import torch
-from helpers import TINY, call_main
+from helpers import TINY, call_main, ok
 
 import trainer.export
 from trainer.generate import load_model
 
 pytest.importorskip("safetensors")
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 @pytest.mark.parametrize("variant", [[], ["model=modern", "tie_weights=true", "activation=swiglu"]])

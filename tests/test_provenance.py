@@ -10,15 +10,10 @@ import subprocess
 
 import pytest
 import torch
-from helpers import REPO, TINY, call_main, metrics
+from helpers import REPO, TINY, call_main, metrics, ok
 
 import trainer.compare
 from trainer import provenance, rundir
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def git_head() -> str | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, losses, metrics, run_dirs
+from helpers import TINY, losses, metrics, ok, run_dirs
 
 from trainer import rundir
 from trainer.errors import UserError
@@ -15,11 +15,6 @@ from trainer.resume import ResumePoint
 
 # Dropout stays on (the tiny model's 0.1): resuming must restore the RNG it draws from.
 ARGS = [*TINY, "eval_interval=5"]
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit(cli, trainer_here, tmp_path):

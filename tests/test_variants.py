@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REPO, TINY, call_main, metrics, run_dirs
+from helpers import REPO, TINY, call_main, metrics, ok, run_dirs
 
 import trainer.generate
 from trainer import rundir
@@ -25,11 +25,6 @@ from trainer.speed import train_flops_per_token
 DATA = REPO / "tests" / "data"
 PRE_VARIANTS = DATA / "pre_variants"  # a run dir made by the code before these keys (make_pre_variants.sh)
 FAST = [*TINY, "max_iters=30", "eval_interval=30", "learning_rate=3e-3"]
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def generate(path: Path, cwd: Path) -> str:
