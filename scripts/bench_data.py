@@ -126,7 +126,8 @@ def prepare_s(corpus: Path, cache: Path, work: Path, threads: int) -> float:
 
 
 def _encode_in_process(block):
-    from trainer.data.tokenize import encode_block, get_encoding
+    from trainer.data.encodings import get_encoding
+    from trainer.data.tokenize import encode_block
 
     return len(encode_block(get_encoding("cl100k_base"), block, "none"))
 
@@ -134,11 +135,12 @@ def _encode_in_process(block):
 def threads_vs_processes(corpus: Path, n: int) -> dict[str, float]:
     """MB/s of the same blocks encoded by the trainer's n threads (trainer.data.tokenize.tokenize_to,
     to /dev/null) and by a pool of n forked processes (each encoding a block, returning its ids)."""
+    from trainer.data.encodings import get_encoding
     from trainer.data.sources import Source
-    from trainer.data.tokenize import blocks, get_encoding, tokenize_to
+    from trainer.data.tokenize import blocks, tokenize_to
 
     source = Source.of({"data_path": str(corpus)})
-    todo = list(blocks(source.segments(source.files())))
+    todo = list(blocks(source.segments(source.files()), get_encoding("cl100k_base")))
     size = corpus.stat().st_size / 1e6
     t = time.perf_counter()
     with open(os.devnull, "wb") as out:

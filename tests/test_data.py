@@ -21,8 +21,8 @@ from trainer.data import sources, tokenize
 from trainer.data.batches import BatchSampler, spread_starts
 from trainer.data.cache import load_tokens
 from trainer.data.corpus import load_corpus
+from trainer.data.encodings import get_encoding
 from trainer.data.sources import Source
-from trainer.data.tokenize import get_encoding
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_synthetic_corpus_is_deterministic_realistic_and_about_300kb():
 
 def test_offline_tokenizer_is_cl100k():
     enc = get_encoding("cl100k_base")
-    assert enc.n_vocab == 100277 and enc.encode("hello world") == [15339, 1917]
+    assert enc.n_vocab == 100277 and enc.encode("hello world").tolist() == [15339, 1917]
 
 
 def composed(**keys):
@@ -60,7 +60,7 @@ def test_a_corpus_is_cached_as_uint16_where_its_ids_fit_else_uint32(cache):
     wide = load_tokens(Source.of(composed(data_path=str(cache.parent / "wide.txt"))), "cl100k_base")
     assert small.fresh and small.dtype == np.uint16 and wide.dtype == np.uint32  # cl100k ids pass 65,535
     assert small.path.stat().st_size == 2 * small.n and wide.path.stat().st_size == 4 * wide.n
-    assert np.array(small.memmap()).tolist() == get_encoding("cl100k_base").encode_ordinary("fix: handle `None` (#12)\n" * 20)
+    assert np.array(small.memmap()).tolist() == get_encoding("cl100k_base").encode("fix: handle `None` (#12)\n" * 20).tolist()
     again = load_tokens(Source.of(composed(data_path=str(cache.parent / "small.txt"))), "cl100k_base")
     assert not again.fresh and again.path == small.path  # read back, not tokenized again
     assert sorted(p.suffix for p in (cache / "tokens").glob(f"{small.path.stem}*")) == [".bin", ".json", ".lock", ".npy"]
@@ -89,7 +89,7 @@ def test_tokenized_in_segments_on_threads_the_ids_are_the_whole_texts(tmp_path_f
         enc = get_encoding("cl100k_base")
         tokenize.tokenize_to(out, iter(segments), enc, "none", lambda n: None)
     assert "".join(s.text for s in segments) == text
-    assert np.frombuffer(out.getvalue(), dtype=np.uint32).tolist() == enc.encode_ordinary(text)
+    assert np.frombuffer(out.getvalue(), dtype=np.uint32).tolist() == enc.tiktoken.encode_ordinary(text)
 
 
 def test_the_books_ids_batches_and_eval_windows_are_as_before(cache):
@@ -97,7 +97,7 @@ def test_the_books_ids_batches_and_eval_windows_are_as_before(cache):
     int64 tensors indexed. The memory-mapped corpus gives the same ids, the same random batches for
     a seed and the same eval windows."""
     text = synthetic.generate()
-    ids = np.asarray(get_encoding("cl100k_base").encode_ordinary(text), dtype=np.uint32)
+    ids = np.asarray(get_encoding("cl100k_base").encode(text).tolist(), dtype=np.uint32)
     vocab = np.unique(ids)
     old = torch.from_numpy(np.searchsorted(vocab, ids).astype(np.int64))
     n_train = int(len(old) * 0.9)

@@ -17,8 +17,8 @@ from trainer import rundir
 from trainer.config import CONF_DIR, register_configs
 from trainer.data.batches import fixed_starts
 from trainer.data.corpus import load_corpus
+from trainer.data.encodings import get_encoding
 from trainer.data.sources import Source
-from trainer.data.tokenize import get_encoding
 from trainer.model import GPT
 from trainer.run import _eval_sets
 
@@ -79,7 +79,7 @@ def by_hand(ckpt_path, text: str, split: str) -> dict[str, float]:
     model.load_state_dict({k: v.double() for k, v in state["model_state_dict"].items()})
     model.eval()
     enc = get_encoding("cl100k_base")
-    ids = torch.tensor(enc.encode_ordinary(text))
+    ids = torch.tensor(enc.tiktoken.encode_ordinary(text))
     n_train = int(len(ids) * h["train_split"])
     part = ids[n_train:] if split == "valid" else ids[:n_train]
     T = h["context_length"]
@@ -91,7 +91,7 @@ def by_hand(ckpt_path, text: str, split: str) -> dict[str, float]:
         losses = F.cross_entropy(logits[0], torch.searchsorted(vocab, y), reduction="none")
         nats += losses.sum().item()
         per_window.append(losses.mean().item())
-        nbytes += sum(len(enc.decode_single_token_bytes(t)) for t in y.tolist())
+        nbytes += sum(len(enc.token_bytes(t)) for t in y.tolist())
     mean = sum(per_window) / n
     se = math.sqrt(sum((v - mean) ** 2 for v in per_window) / (n - 1) / n)
     return {"loss": mean, "loss_se": se, "bits_per_byte": nats / math.log(2) / nbytes, "bytes": nbytes,

@@ -45,6 +45,7 @@ def save_run(run: Run, elapsed_s: float) -> None:
         "last_losses": run.last,
         "rng": rng if run.dist.enabled else rng[0],
         "vocab": run.corpus.vocab,
+        "tokenizer": run.corpus.enc.saved,  # what decodes an hf encoding's ids wherever its file went
         "wandb_run_id": run.wandb_id,
         "elapsed_s": elapsed_s,
         "tokens_seen": run.tokens_seen,
@@ -68,6 +69,7 @@ def save_best(run: Run) -> None:
         "valid_loss": run.last["valid"],
         "last_losses": run.last,
         "vocab": run.corpus.vocab,
+        "tokenizer": run.corpus.enc.saved,
         "config": OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True),
     }, run.dir / BEST_CKPT)
 

@@ -32,6 +32,7 @@ from trainer import checkpoint, distributed, rundir
 from trainer.data.batches import Ids, spread_starts, windows
 from trainer.data.cache import load_tokens
 from trainer.data.corpus import TokenSplit, lookup_table, split_of, token_byte_lengths
+from trainer.data.encodings import Encoding, of_checkpoint
 from trainer.data.sources import Source
 from trainer.device import autocast
 from trainer.errors import UserError
@@ -167,8 +168,8 @@ def _finite_or_none(value: float) -> Optional[float]:
 # ----------------------------------------------------------------------------- python -m trainer.evaluate
 
 
-def split_ids(h: dict[str, Any], vocab: Optional[torch.Tensor], data: Optional[str], text_column: Optional[str],
-              split: str) -> TokenSplit:
+def split_ids(h: dict[str, Any], enc: Encoding, vocab: Optional[torch.Tensor], data: Optional[str],
+              text_column: Optional[str], split: str) -> TokenSplit:
     """The split to score, as the model's ids: of the run's own corpus, or of another file (a CSV
     column with text_column, else read raw), split at the run's train_split (split=all: the whole
     file). Read through the token cache, as training reads it."""
@@ -178,7 +179,7 @@ def split_ids(h: dict[str, Any], vocab: Optional[torch.Tensor], data: Optional[s
     where = f"--data {data}" if data else source.where
     if data and not Path(data).is_file():
         raise UserError(f"{where}: file not found" if not Path(data).exists() else f"{where}: not a file")
-    tokens = load_tokens(source, h["encoding"])
+    tokens = load_tokens(source, enc)
     lut = lookup_table(vocab.numpy(), len(tokens.counts())) if vocab is not None else None
     part = split_of(tokens, h["train_split"], split, lut)
     if lut is not None:  # the model reads compact ids: a token it never saw has no id
@@ -198,11 +199,11 @@ def evaluate_run(run_dir: Path, data: Optional[str] = None, text_column: Optiona
     from trainer.generate import load_model  # the CLI's needs: kept out of a training run's imports
 
     model, state = load_model(str(run_dir), which=which)
-    h, vocab = state["h_params"], state.get("vocab")
-    part, T = split_ids(h, vocab, data, text_column, split), h["context_length"]
+    h, vocab, enc = state["h_params"], state.get("vocab"), of_checkpoint(state)
+    part, T = split_ids(h, enc, vocab, data, text_column, split), h["context_length"]
     cpu = torch.device("cpu")
     s = score(model, EvalSet(part, spread_starts(len(part), T), T,
-                             token_byte_lengths(h["encoding"], vocab, model.head.out_features)),
+                             token_byte_lengths(enc, vocab, model.head.out_features)),
               cpu, None, eval_rows_per_forward(cpu, T, model.head.out_features), distributed.Dist())
     result = {"split": split, "which": which, "data": data or h.get("data_path"), "step": state.get("step"),
               "windows": s.windows, "tokens": s.tokens, "bytes": s.nbytes, "loss": s.loss, "loss_se": s.se,

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from trainer import checkpoint, rundir
+from trainer.data.encodings import EXTRA
 from trainer.errors import UserError
-from trainer.pretrained import EXTRA
 
 WEIGHTS, H_PARAMS = "model.safetensors", "h_params.json"
 

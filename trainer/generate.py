@@ -12,7 +12,7 @@ import sys
 import torch
 
 from trainer import checkpoint
-from trainer.data.tokenize import get_encoding
+from trainer.data.encodings import Encoding, of_checkpoint
 from trainer.errors import UserError
 from trainer.model import GPT
 
@@ -30,21 +30,21 @@ def load_model(path: str, which: str = "last") -> tuple[GPT, dict]:
     return model.eval(), state
 
 
-def _line_start(enc, vocab: torch.Tensor | None) -> int:
+def _line_start(enc: Encoding, vocab: torch.Tensor | None) -> int:
     """A token that ends a line, to start from when there is no prompt: ")\n" if "\n" was never alone."""
     if vocab is None:
-        return enc.encode("\n")[0]
-    ends = [i for i in vocab.tolist() if enc.decode_single_token_bytes(i).endswith(b"\n")]
-    return min(ends, key=lambda i: len(enc.decode_single_token_bytes(i))) if ends else int(vocab[0])
+        return int(enc.encode("\n")[0])
+    ends = [i for i in vocab.tolist() if i not in enc.special_ids and enc.token_bytes(i).endswith(b"\n")]
+    return min(ends, key=lambda i: len(enc.token_bytes(i))) if ends else int(vocab[0])
 
 
 def sample(path: str, prompt: str = "", max_new_tokens: int = 100, temperature: float = 0.8,
            top_k: int | None = 50, seed: int = 1337, num_samples: int = 1, which: str = "last") -> list[str]:
     model, state = load_model(path, which)
-    h, vocab = state["h_params"], state.get("vocab")
-    enc = get_encoding(h["encoding"])
-    ids = enc.encode_ordinary(prompt) if prompt else [_line_start(enc, vocab)]
-    if vocab is not None:  # the model works in compact ids: map cl100k ids in, and back out
+    vocab = state.get("vocab")
+    enc = of_checkpoint(state)
+    ids = enc.encode(prompt).tolist() if prompt else [_line_start(enc, vocab)]
+    if vocab is not None:  # the model works in compact ids: map the encoding's ids in, and back out
         known = torch.isin(torch.tensor(ids, dtype=torch.long), vocab)
         if not bool(known.all()):
             unknown = [enc.decode([i]) for i, k in zip(ids, known.tolist(), strict=True) if not k]

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
+from trainer.data.encodings import EXTRA
 from trainer.errors import UserError
 from trainer.model import architecture
 
-EXTRA = "pip install -e '.[hf]'"  # what brings transformers, tokenizers and safetensors
 # transformers' activation_function -> ours: gelu_new (GPT-2's) and gelu_pytorch_tanh are both the tanh approximation
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -143,7 +143,7 @@ def build_run(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.devic
     corpus = load_corpus(cfg, progress=plain(cfg.progress) if d.is_main else False)
     h = _h_params(cfg, corpus, device, d)
     if resume is not None:
-        resume.check(h, corpus.vocab)
+        resume.check(h, corpus.vocab, corpus.enc.saved)
     check_fits(cfg, corpus.vocab_size, device)  # far too big: one line now, not the OOM killer later
     torch.manual_seed(seed)  # the same initial weights on every rank and for every resume
     model = GPT(h).to(device)

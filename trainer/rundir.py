@@ -41,6 +41,7 @@ EVAL = "eval.json"  # what `python -m trainer.evaluate` measured, by split, chec
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 SAMPLES = "samples.md"
+TOKENIZER = "tokenizer.json"  # an hf encoding's tokenizer, as the run read its corpus (also in the checkpoint)
 ERROR = "error.txt"
 LOG = "train.log"  # named by hydra.job.name in conf/config.yaml
 WANDB = "wandb"

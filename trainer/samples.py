@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from trainer import rundir
-from trainer.data.tokenize import get_encoding
 
 if TYPE_CHECKING:
     from trainer.run import Run
@@ -37,7 +36,7 @@ class Samples:
 
     def __init__(self, run: Run, n: int, wandb_run: WandbRun):
         self.model, self.device, self.dir, self.wandb = run.model, run.device, run.dir, wandb_run
-        self.enc, self.vocab = get_encoding(run.h["encoding"]), run.corpus.vocab
+        self.enc, self.vocab = run.corpus.enc, run.corpus.vocab
         length = min(PROMPT_TOKENS, run.cfg.context_length)
         starts = prompt_starts(run.corpus.valid, n, length, self._ends_line)
         self.prompts = torch.stack([run.corpus.valid[s:s + length] for s in starts])  # (n, length) model ids
@@ -52,7 +51,7 @@ class Samples:
 
     def _ends_line(self, model_id: int) -> bool:
         token = int(self.vocab[model_id]) if self.vocab is not None else model_id
-        return self.enc.decode_single_token_bytes(token).endswith(b"\n")
+        return token not in self.enc.special_ids and self.enc.token_bytes(token).endswith(b"\n")
 
     @torch.no_grad()
     def generate(self) -> list[str]:

@@ -43,6 +43,8 @@ class Trackers:
         if not self.on:
             return
         self.metrics = self._stack.enter_context(open(run.dir / rundir.METRICS, "a"))
+        if run.corpus.enc.saved is not None:  # an hf encoding: the run decodes without the file it came from
+            rundir.write_atomic(run.dir / rundir.TOKENIZER, run.corpus.enc.saved)
         if run.cfg.wandb.enabled:
             config = {**run.h, "point": info.point, "provenance": run.provenance}  # + which code made them
             self.wandb = WandbRun(run.cfg.wandb, run.dir, config, group=info.group, name=info.name or run.dir.name,

@@ -3,7 +3,8 @@
     load_tokens(source, encoding, progress)  -> Tokens, tokenizing first if it is not cached yet
 
 An entry is three files in $TRAINER_CACHE_DIR/tokens (default ~/.cache/gpt-trainer/tokens), named
-`<encoding>-<key>`: `.bin` the ids (uint16 where every id fits, else uint32: cl100k's pass 65,535),
+`<encoding>-<key>` (an hf tokenizer's <encoding> is a hash of its JSON, so two tokenizers' ids never
+mix): `.bin` the ids (uint16 where every id fits, else uint32: cl100k's pass 65,535),
 `.counts.npy` each id's count, and `.json` the sizes; the key hashes the source's fingerprint (its
 keys, and each file's path, size and mtime), so a changed file is never served stale and nothing is
 re-read to check it. The `.json` is written last: an entry without it is not there.
@@ -27,8 +28,9 @@ from typing import Optional
 
 import numpy as np
 
+from trainer.data.encodings import Encoding, get_encoding
 from trainer.data.sources import Source
-from trainer.data.tokenize import Progress, get_encoding, threads, tokenize_to
+from trainer.data.tokenize import Progress, threads, tokenize_to
 from trainer.errors import UserError, write_failure
 from trainer.lock import exclusive
 
@@ -66,8 +68,9 @@ class Tokens:
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n,))
 
 
-def load_tokens(source: Source, encoding: str, progress: Optional[bool] = None) -> Tokens:
+def load_tokens(source: Source, encoding: Encoding | str, progress: Optional[bool] = None) -> Tokens:
     """The corpus's ids, from the cache, tokenizing it first (once, whoever else asks at the same time)."""
+    encoding = get_encoding(encoding) if isinstance(encoding, str) else encoding
     files = source.files()
     entry = entry_of(source, files, encoding)
     found = entry.read()
@@ -82,10 +85,11 @@ def load_tokens(source: Source, encoding: str, progress: Optional[bool] = None) 
         return entry.build(source, files, encoding, progress)
 
 
-def entry_of(source: Source, files: list[Path], encoding: str) -> Entry:
-    """The cache entry of this source's files, tokenized with this encoding."""
-    key = json.dumps({"version": VERSION, "encoding": encoding, **source.fingerprint(files)}, sort_keys=True)
-    return Entry(cache_dir() / "tokens", f"{encoding}-{hashlib.sha256(key.encode()).hexdigest()[:32]}")
+def entry_of(source: Source, files: list[Path], encoding: Encoding | str) -> Entry:
+    """The cache entry of this source's files, tokenized with this encoding (by its content, for an hf one)."""
+    name = (get_encoding(encoding) if isinstance(encoding, str) else encoding).cache_name
+    key = json.dumps({"version": VERSION, "encoding": name, **source.fingerprint(files)}, sort_keys=True)
+    return Entry(cache_dir() / "tokens", f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:32]}")
 
 
 class Entry:
@@ -121,11 +125,10 @@ class Entry:
             raise UserError(f"{self.root}: cannot write the token cache here ({why}); "
                             f"set {CACHE_DIR_ENV} to a writable dir")
 
-    def build(self, source: Source, files: list[Path], encoding: str, bar: Optional[bool]) -> Tokens:
+    def build(self, source: Source, files: list[Path], enc: Encoding, bar: Optional[bool]) -> Tokens:
         """Tokenize the source into temp files, then rename them into place, the .json last."""
         for stale in self.root.glob(f"{self.bin.stem}.*.tmp"):  # left by a killed run (we hold the lock)
             stale.unlink(missing_ok=True)
-        enc = get_encoding(encoding)
         progress = Progress(source.total_bytes(files), bar, f"{source.where} on {threads()} threads")
         tmp_bin, tmp_counts, tmp_meta = self.tmp
         try:
@@ -140,7 +143,7 @@ class Entry:
             with open(tmp_counts, "wb") as f:
                 np.save(f, counts.ids)
             meta = {"dtype": dtype.name, "tokens": counts.tokens, "documents": counts.documents,
-                    "bytes": counts.bytes, "encoding": encoding, "source": source.where, "files": len(files)}
+                    "bytes": counts.bytes, "encoding": enc.name, "source": source.where, "files": len(files)}
             tmp_meta.write_text(json.dumps(meta, indent=1) + "\n")
             self.meta.unlink(missing_ok=True)  # a damaged entry's: never beside the new .bin
             for tmp, final in zip(self.tmp, (self.bin, self.counts, self.meta), strict=True):

