@@ -26,7 +26,7 @@ def prepared(argv: list[str]) -> bool:
     from trainer.data.corpus import load_corpus
     from trainer.data.sources import Source
 
-    _log_to_stderr()
+    log_to_stderr()
     _, _, configs, _ = jobs
     for cfg in configs:  # every mistake before any tokenizing
         validate(cfg)
@@ -45,7 +45,7 @@ def prepared(argv: list[str]) -> bool:
     return True
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     """The cache's lines (waiting for another job, plain progress) on stderr: no Hydra run sets up logging here."""
     log = logging.getLogger("trainer")
     if not log.handlers:
