@@ -27,6 +27,7 @@ from trainer.argv import Invocation, prepare, value_of
 from trainer.config import CONF_DIR, register_configs
 from trainer.distributed import env_rank, world_size
 from trainer.errors import UserError, one_line
+from trainer.init_from import with_init_from
 from trainer.lock import DirLock
 from trainer.plan import previewed
 from trainer.preempt import Preempted
@@ -110,13 +111,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then lets errors reach us, to be printed as one line
     invocation = None
     try:
-        args = sys.argv[1:] if argv is None else list(argv)
+        typed = sys.argv[1:] if argv is None else list(argv)
+        args = with_init_from(typed)  # the pretrained model's architecture, before anything composes
         if previewed(args):  # plan=true: the jobs' sizes and times, nothing trained or written
             return
         if prepared(args):  # prepare=true: the corpus tokenized into the cache, nothing trained
             return
         invocation = prepare(args)
-        invocation.typed = args  # the provenance's command line: the user's, not ours
+        invocation.typed = typed  # the provenance's command line: the user's, not ours
         sys.argv = [sys.argv[0], *invocation.argv]  # what hydra.main parses
         task = Task(invocation, full_error)
         hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(task)()

@@ -83,6 +83,7 @@ class TrainConfig:
     bias: bool = True  # biases in the Linears and norms; false: none anywhere (qkv and head included)
     qkv_bias: bool = False  # a bias in the fused q, k, v projection (GPT-2's; the book's has none)
     head_bias: bool = True  # a bias in the output head (the book's; GPT-2's has none)
+    init_from: Optional[str] = None  # a transformers GPT-2 dir (or hub name) to start from (trainer.init_from)
     # optimizer (conf/optimizer/*)
     optimizer: str = "adamw"  # a name in trainer.optim.OPTIMIZERS (conf/optimizer/<name>.yaml sets it)
     learning_rate: float = 1e-3

@@ -8,6 +8,7 @@ The loop (trainer.train) then only reads it and advances its step.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from trainer import distributed, provenance
+from trainer import distributed, init_from, provenance
 from trainer.config import h_params_of, plain
 from trainer.data.batches import BatchSampler, fixed_starts
 from trainer.data.corpus import Corpus, load_corpus
@@ -140,13 +141,17 @@ def build_run(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.devic
     threads = configure(device, cfg.num_threads, info.parallel_jobs * d.local_world_size)
     seed = cfg.TORCH_SEED
     torch.manual_seed(seed)
-    corpus = load_corpus(cfg, progress=plain(cfg.progress) if d.is_main else False)
+    corpus = _with_pretrained_vocab(cfg, load_corpus(cfg, progress=plain(cfg.progress) if d.is_main else False),
+                                    resume)
     h = _h_params(cfg, corpus, device, d)
     if resume is not None:
         resume.check(h, corpus.vocab, corpus.enc.saved)
     check_fits(cfg, corpus.vocab_size, device)  # far too big: one line now, not the OOM killer later
     torch.manual_seed(seed)  # the same initial weights on every rank and for every resume
-    model = GPT(h).to(device)
+    model = GPT(h)
+    if cfg.init_from and resume is None:  # a resume's checkpoint holds newer weights
+        init_from.load_into(model, cfg.init_from)
+    model = model.to(device)
     if d.enabled:
         torch.manual_seed(seed + d.rank)  # the same weights on every rank, but each its own dropout masks
     run = Run(cfg, h, run_dir, device, d, threads, corpus, model,
@@ -162,6 +167,15 @@ def build_run(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.devic
         resume.restore(run)
     run.train_model, run.eval_model = _wrapped(run)
     return run
+
+
+def _with_pretrained_vocab(cfg: DictConfig, corpus: Corpus, resume: Optional[ResumePoint]) -> Corpus:
+    """With init_from, the model's vocabulary is the pretrained one, whatever ids the corpus holds."""
+    if not cfg.init_from:
+        return corpus
+    size = resume.state["h_params"]["vocab_size"] if resume is not None else \
+        init_from.vocab_size(cfg.init_from, corpus.max_token_value)
+    return dataclasses.replace(corpus, vocab_size=size)
 
 
 def _h_params(cfg: DictConfig, corpus: Corpus, device: torch.device, d: Dist) -> dict[str, Any]:
