@@ -3,6 +3,7 @@ In this process: nothing here trains."""
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +49,14 @@ def test_a_run_that_never_trained_leaves_no_dir_but_one_that_did_keeps_it():
     (trained.fresh_dirs[0] / rundir.METRICS).write_text("{}\n")
     trained.remove_unused_dirs()
     assert (trained.fresh_dirs[0] / rundir.METRICS).exists()
+
+
+def test_a_run_that_failed_in_this_process_leaves_no_log_handler_on_its_removed_dir(trainer_here, tmp_path):
+    r = trainer_here("d_model=-1")  # fails at compose time, after Hydra set up logging into its run dir
+    assert r.returncode == 2 and not (tmp_path / rundir.OUTPUTS).exists()
+    assert not [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)
+                and str(tmp_path) in h.baseFilename]
+    logging.getLogger("trainer").warning("the next record logged in this process")  # would reopen train.log
 
 
 @pytest.mark.parametrize("argv", [["hydra.run.dir=mine"], ["--cfg", "job"], ["--help"], ["--info"]])

@@ -60,7 +60,7 @@ class Invocation:
         run_dir, *parents = self.fresh_dirs
         if any((run_dir / name).exists() for name in (rundir.CKPT, rundir.METRICS)):
             return
-        logging.shutdown()  # Hydra's file handler holds train.log open
+        _close_logs_in(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         for parent in parents:  # innermost first, and only while empty
             try:
@@ -68,6 +68,17 @@ class Invocation:
             except OSError:
                 break
         self.fresh_dirs = []
+
+
+def _close_logs_in(run_dir: Path) -> None:
+    """Detach and close Hydra's file handler on train.log in a dir about to go: closing it alone
+    (logging.shutdown) leaves it on the root logger, and the next record logged in this process (tests
+    call main in-process) would reopen a file in a dir that no longer exists."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(run_dir):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def value_of(overrides: list[str], key: str) -> Optional[str]:
