@@ -1,15 +1,20 @@
 """Exporting a trained model: `python -m trainer.export RUN --to safetensors OUT` writes weights and
-h_params that rebuild the same model, for any architecture."""
+h_params that rebuild the same model, for any architecture; `--to hf OUT` a GPT-2 dir that transformers
+loads with our logits, our greedy continuation and the run's tokenizer ids, for every architecture
+GPT-2 can express (the rest is refused, naming the keys)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 
 import pytest
 import torch
 from helpers import TINY, call_main, ok
 
 import trainer.export
+from trainer.data.encodings import EXTRA, of_checkpoint
 from trainer.generate import load_model
 
 pytest.importorskip("safetensors")
@@ -29,8 +34,122 @@ def test_an_exported_run_rebuilds_the_same_model(trainer_here, tmp_path, variant
     assert json.loads((tmp_path / "out" / "h_params.json").read_text())["d_model"] == 32
 
 
-def test_exporting_a_missing_run_is_one_line(tmp_path):
-    r = call_main(trainer.export.main, "nowhere", "--to", "safetensors", "out", cwd=tmp_path)
+@pytest.mark.parametrize("to", ["safetensors", "hf"])
+def test_exporting_a_missing_run_is_one_line(tmp_path, to):
+    r = call_main(trainer.export.main, "nowhere", "--to", to, "out", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == ("error: checkpoint=nowhere: no checkpoint there "
                                                   "(expected a run dir or a .ckpt file)")
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- --to hf: a GPT-2 dir for transformers
+
+# accents, CJK, emoji (one joined by ZWJs), code, runs of spaces, tabs and newlines, contractions, digits
+VARIED = ("Héllo wörld — naïve café! 日本語のテキスト 🚀 👩‍👩‍👧 ok\n\ndef f(x):\n    return x**2  # sq\n\n\n"
+          "   \t tabs\tand    spaces   \n  \nit's we'll DON'T 12345678 3.14159 end   \n\n")
+PROMPT = "fix: the "
+# the book's default architecture (sinusoidal positions, ReLU, an untied head, compacted cl100k) less its
+# head bias, the one key of it GPT-2 cannot express
+BOOK_EXPORTABLE = ["head_bias=false"]
+needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason=EXTRA)
+
+
+def export_hf(tmp_path, run="run", out="out"):
+    r = ok(call_main(trainer.export.main, run, "--to", "hf", out, cwd=tmp_path))
+    assert f"AutoModelForCausalLM.from_pretrained('{out}')" in r.stdout
+    return tmp_path / out
+
+
+def same_as_ours(run_dir, out):
+    """Our model and transformers' load of its export: the greedy continuation of PROMPT (20 tokens) and
+    the tokenizer's ids for it must match. The max abs difference of the logits on the ids the run saw,
+    the exported tokenizer and the run's checkpoint."""
+    import transformers
+
+    ours, state = load_model(str(run_dir))
+    theirs, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values())  # every weight in place, none left over
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    vocab, V = state["vocab"], ours.head.out_features
+    rows = vocab if vocab is not None and state["h_params"]["encoding"] != "char" else torch.arange(V)
+    idx = torch.randint(0, V, (2, ours.context_length), generator=torch.Generator().manual_seed(0))  # (B, T)
+    prompt = torch.tensor([tok(PROMPT)["input_ids"]])  # (1, t) tokenizer ids
+    model_ids = torch.searchsorted(rows, prompt)
+    assert torch.equal(rows[model_ids], prompt)  # every prompt token has a row of ours
+    with torch.no_grad():
+        diff = (ours(idx)[0] - theirs.eval()(rows[idx]).logits[..., rows]).abs().max().item()  # (B, T, V)
+        greedy = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20)
+        assert torch.equal(greedy, rows[ours.generate(model_ids, 20, temperature=0)])
+    assert tok.decode(prompt[0]) == PROMPT
+    return diff, tok, state
+
+
+@needs_transformers
+@pytest.mark.parametrize("variant", [["model=gpt2"], BOOK_EXPORTABLE], ids=["gpt2", "book"])
+def test_a_run_exported_to_hf_gives_transformers_our_logits_and_continuation(trainer_here, tmp_path, variant):
+    ok(trainer_here(*variant, *TINY, "hydra.run.dir=run"))
+    out = export_hf(tmp_path)
+    diff, tok, state = same_as_ours(tmp_path / "run", out)
+    assert diff <= 1e-4
+    from transformers import GenerationConfig
+
+    enc = of_checkpoint(state)
+    assert tok(VARIED)["input_ids"] == enc.encode(VARIED).tolist()  # cl100k's ids, unchanged
+    # the compacted vocabulary back at cl100k's ids: the ids the run never saw are never generated
+    generation = GenerationConfig.from_pretrained(out)
+    assert generation.suppress_tokens == sorted(set(range(enc.n_vocab)) - set(state["vocab"].tolist()))
+    assert generation.eos_token_id == enc.eot_token == 100257
+
+
+@needs_transformers
+def test_a_char_run_exports_a_tokenizer_over_its_own_characters(trainer_here, tmp_path):
+    ok(trainer_here(*BOOK_EXPORTABLE, *TINY, "encoding=char", "hydra.run.dir=run"))
+    out = export_hf(tmp_path)
+    diff, tok, state = same_as_ours(tmp_path / "run", out)
+    assert diff <= 1e-4
+    from transformers import GenerationConfig
+
+    vocab, unk = state["vocab"], len(state["vocab"])  # the model's ids, and one more: <unk>
+    assert tok("fix 日")["input_ids"] == [*torch.searchsorted(vocab, torch.tensor([ord(c) for c in "fix "])).tolist(),
+                                          unk]  # a character the run never saw
+    assert tok.unk_token_id == unk and GenerationConfig.from_pretrained(out).suppress_tokens == [unk]
+    assert tok.decode(tok(VARIED)["input_ids"], skip_special_tokens=True) == \
+        "".join(c for c in VARIED if ord(c) in set(vocab.tolist()))
+
+
+@needs_transformers
+def test_an_hf_encoding_run_exports_its_own_tokenizer(trainer_here, tmp_path, cache_dir, monkeypatch):
+    import tokenizers
+
+    import trainer.tokenizer
+
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(cache_dir))
+    ok(call_main(trainer.tokenizer.main, "vocab_size=300", "out=toks", cwd=tmp_path))
+    ok(trainer_here("model=gpt2", *TINY, "encoding=hf:toks/tokenizer.json", "hydra.run.dir=run"))
+    out = export_hf(tmp_path)
+    assert same_as_ours(tmp_path / "run", out)[0] <= 1e-4
+    mine = tokenizers.Tokenizer.from_file(str(tmp_path / "toks" / "tokenizer.json"))
+    exported = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert exported.get_vocab(with_added_tokens=True) == mine.get_vocab(with_added_tokens=True)
+    assert exported.encode(VARIED).ids == mine.encode(VARIED).ids and exported.token_to_id("<|endoftext|>") == 0
+
+
+@pytest.mark.parametrize("variant, keys", [
+    (["model=modern", "norm=rmsnorm"], "positions=rope (GPT-2 adds a position table; it rotates nothing); "
+                                       "norm=rmsnorm (GPT-2's norms are LayerNorms)"),
+    ([], "head_bias=true (GPT-2's output head has no bias)"),  # the book's default
+], ids=["modern", "book"])
+def test_what_gpt2_cannot_express_is_refused_naming_its_keys(trainer_here, tmp_path, variant, keys):
+    ok(trainer_here(*TINY, "max_iters=2", *variant, "hydra.run.dir=run"))
+    r = call_main(trainer.export.main, "run", "--to", "hf", "out", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr == f"error: --to hf: GPT-2 cannot express {keys}; --to safetensors " \
+                                             "writes any model\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_transformers_the_export_names_the_extra(trainer_here, tmp_path, monkeypatch):
+    ok(trainer_here("model=gpt2", *TINY, "max_iters=2", "hydra.run.dir=run"))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    r = call_main(trainer.export.main, "run", "--to", "hf", "out", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr == f"error: --to hf: needs the transformers package: {EXTRA}\n"
     assert not (tmp_path / "out").exists()

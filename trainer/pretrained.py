@@ -134,18 +134,17 @@ def unexportable(h: dict[str, Any]) -> list[str]:
     return [why for is_bad, why in bad if is_bad]
 
 
-def gpt2_config(h: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+def gpt2_config(h: dict[str, Any], vocab_size: int, eot: int | None = None) -> dict[str, Any]:
     """config.json's GPT-2 keys for a model of these h_params (dropout 0: an exported model is for inference
-    and finetuning, which sets its own)."""
+    and finetuning, which sets its own); eot: the tokenizer's <|endoftext|> id, its bos and eos."""
     a = architecture(h)
     act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[a["activation"]]
     return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": h["d_model"],
             "n_layer": h["num_blocks"], "n_head": h["num_heads"], "n_positions": h["context_length"],
             "vocab_size": vocab_size, "activation_function": act, "layer_norm_epsilon": 1e-5,
             "tie_word_embeddings": bool(a["tie_weights"]), "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-            # GPT2Config's default, 50256, lies outside a smaller vocabulary (transformers warns): the
-            # tokenizer's end-of-text id goes here once export writes a tokenizer
-            "bos_token_id": None, "eos_token_id": None}
+            # not GPT2Config's default, 50256, which may lie outside a smaller vocabulary (transformers warns)
+            "bos_token_id": eot, "eos_token_id": eot}
 
 
 def as_gpt2(model: torch.nn.Module) -> dict[str, torch.Tensor]:
