@@ -122,6 +122,17 @@ def run_in_process(*args: str, cwd: Path, cache_dir: Path) -> Result:
         return call_main(main, *args, cwd=cwd)
 
 
+def composed(*overrides: str, hydra: bool = False):
+    """The config a command line composes, as the trainer composes it (hydra: with the hydra node)."""
+    from hydra import compose, initialize_config_dir
+
+    from trainer.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
 # ----------------------------------------------------------------------------- reading results
 
 

@@ -9,12 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY, call_main, metrics, run_dirs
-from hydra import compose, initialize_config_dir
+from helpers import TINY, call_main, composed, metrics, run_dirs
 
 import trainer.evaluate
 from trainer import rundir
-from trainer.config import CONF_DIR, register_configs
 from trainer.data.batches import fixed_starts
 from trainer.data.corpus import load_corpus
 from trainer.data.encodings import get_encoding
@@ -31,12 +29,6 @@ TEXT = "fix: handle empty `input` in the parser (#12)\nfeat(api): add a `limit` 
 
 def evaluate(*args: str, cwd):
     return call_main(trainer.evaluate.main, *args, cwd=cwd)
-
-
-def composed(*overrides: str):
-    register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def test_every_run_of_a_sweep_is_scored_on_the_same_windows_whatever_its_seed(cache_dir, monkeypatch):

@@ -6,18 +6,10 @@ import os
 import stat
 
 import pytest
-from helpers import REPO, SHARED_DATA, metrics, run_dirs
-from hydra import compose, initialize_config_dir
+from helpers import SHARED_DATA, composed, metrics, run_dirs
 from omegaconf import OmegaConf
 
 from trainer import rundir
-from trainer.config import register_configs
-
-
-def composed(*overrides: str, hydra: bool = False):
-    register_configs()
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def test_the_book_preset_is_the_books_exact_run():
