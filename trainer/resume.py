@@ -83,7 +83,11 @@ class ResumePoint:
                             f"has world_size={world_size}; resume it with {how}")
 
     def check(self, h: dict[str, Any], vocab: Optional[torch.Tensor], tokenizer: Optional[str] = None) -> None:
-        """The checkpoint's model must be this run's: same shape, same token ids, same tokenizer."""
+        """The checkpoint's model must be this run's: same tokenizer, same shape, same token ids. The
+        tokenizer first: another one changes the vocabulary too, and is the cause to name."""
+        if self.state.get("tokenizer") != tokenizer:  # an hf tokenizer's file, changed since
+            raise UserError(f"resume={self.where}: encoding={h.get('encoding')} is not the tokenizer the checkpoint "
+                            "was trained with (its file changed since)")
         for key in SHAPE_KEYS:
             was, now = (p.get(key, schema_default(key)) for p in (self.state["h_params"], h))
             if was != now:
@@ -94,9 +98,6 @@ class ResumePoint:
             # Same size, other tokens: each model id would now mean a different token.
             raise UserError(f"resume={self.where}: the checkpoint's vocabulary differs from this run's data "
                             f"(data_path={h.get('data_path')}, vocab_compaction={h.get('vocab_compaction')})")
-        if self.state.get("tokenizer") != tokenizer:  # an hf tokenizer's file, changed since
-            raise UserError(f"resume={self.where}: encoding={h.get('encoding')} is not the tokenizer the checkpoint "
-                            "was trained with (its file changed since)")
 
     def restore(self, run: Run) -> None:
         """Put the checkpoint's state into a freshly built run, then let go of it (it can be large)."""

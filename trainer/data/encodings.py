@@ -70,11 +70,16 @@ class Tiktoken(Encoding):
     def __init__(self, name: str):
         import tiktoken
 
-        offline = f"{name}_offline"
+        offline, known = f"{name}_offline", tiktoken.list_encoding_names()
+        if name not in known:
+            names = ", ".join(n for n in known if not n.endswith("_offline"))
+            raise UserError(f"encoding={name}: no such encoding (tiktoken's: {names}; or char, or "
+                            f"{HF}<tokenizer.json or a dir holding one>)")
         try:
-            self.tiktoken = tiktoken.get_encoding(offline if offline in tiktoken.list_encoding_names() else name)
-        except Exception as e:  # tiktoken raises ValueError for unknown names, network errors otherwise
-            raise UserError(f"encoding={name}: cannot load this tiktoken encoding offline ({e})") from None
+            self.tiktoken = tiktoken.get_encoding(offline if offline in known else name)
+        except Exception as e:  # noqa: BLE001 - its file is downloaded on first use: network errors of any type
+            raise UserError(f"encoding={name}: cannot load this tiktoken encoding offline "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         self.name = self.cache_name = name
         self.n_vocab, self.eot_token = self.tiktoken.n_vocab, self.tiktoken.eot_token
         self.special_ids = frozenset(self.tiktoken._special_tokens.values())
@@ -197,6 +202,8 @@ def _byte_decoder() -> dict[str, int]:
 def tokenizer_json(name: str) -> str:
     """The JSON of `hf:<file or dir>`: a tokenizer.json, or a dir holding one (or GPT-2's vocab.json
     and merges.txt, made into GPT-2's byte-level BPE)."""
+    if name == HF:
+        raise UserError(f"encoding={name}: name a tokenizer.json or a dir holding one, e.g. {HF}tokenizers/mine")
     path = Path(name[len(HF):]).expanduser()
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
@@ -226,13 +233,20 @@ def _gpt2_bpe(name: str, path: Path) -> str:
     return tok.to_str()
 
 
-@functools.lru_cache(maxsize=8)
 def get_encoding(name: str, saved: Optional[str] = None) -> Encoding:
-    """The encoding an `encoding=` value names; `saved` (a checkpoint's) rebuilds an hf one without its file."""
+    """The encoding an `encoding=` value names; `saved` (a checkpoint's) rebuilds an hf one without its file.
+    An hf file is read at every call, so a tokenizer retrained at the same path is never served stale."""
+    if name.startswith(HF):
+        return _built(name, saved if saved is not None else tokenizer_json(name))
+    return _built(name, None)
+
+
+@functools.lru_cache(maxsize=8)
+def _built(name: str, saved: Optional[str]) -> Encoding:
     if name == "char":
         return Char()
     if name.startswith(HF):
-        return HFTokenizer(name, saved if saved is not None else tokenizer_json(name))
+        return HFTokenizer(name, saved)
     return Tiktoken(name)
 
 
