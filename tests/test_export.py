@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 
 import pytest
@@ -16,6 +17,7 @@ from helpers import TINY, call_main, ok
 import trainer.export
 from trainer.data.encodings import EXTRA, of_checkpoint
 from trainer.generate import load_model
+from trainer.hf_tokenizer import model_rows
 
 pytest.importorskip("safetensors")
 
@@ -61,27 +63,27 @@ def export_hf(tmp_path, run="run", out="out"):
 
 
 def same_as_ours(run_dir, out):
-    """Our model and transformers' load of its export: the greedy continuation of PROMPT (20 tokens) and
-    the tokenizer's ids for it must match. The max abs difference of the logits on the ids the run saw,
-    the exported tokenizer and the run's checkpoint."""
+    """Our model and transformers' load of its export: trainer.export.check_hf's logits and greedy
+    continuation from random ids, and here the same from the text PROMPT through the exported tokenizer,
+    whose ids must be the run's. The max abs logit difference, the exported tokenizer and the checkpoint."""
     import transformers
 
     ours, state = load_model(str(run_dir))
-    theirs, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert not any(info.values())  # every weight in place, none left over
+    check = trainer.export.check_hf(str(run_dir), out)
+    assert check.same_greedy and check.positions == 2 * ours.context_length
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     tok = transformers.AutoTokenizer.from_pretrained(out)
-    vocab, V = state["vocab"], ours.head.out_features
-    rows = vocab if vocab is not None and state["h_params"]["encoding"] != "char" else torch.arange(V)
-    idx = torch.randint(0, V, (2, ours.context_length), generator=torch.Generator().manual_seed(0))  # (B, T)
+    rows = model_rows(of_checkpoint(state), state["vocab"], ours.head.out_features)
     prompt = torch.tensor([tok(PROMPT)["input_ids"]])  # (1, t) tokenizer ids
     model_ids = torch.searchsorted(rows, prompt)
     assert torch.equal(rows[model_ids], prompt)  # every prompt token has a row of ours
     with torch.no_grad():
-        diff = (ours(idx)[0] - theirs.eval()(rows[idx]).logits[..., rows]).abs().max().item()  # (B, T, V)
         greedy = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20)
         assert torch.equal(greedy, rows[ours.generate(model_ids, 20, temperature=0)])
     assert tok.decode(prompt[0]) == PROMPT
-    return diff, tok, state
+    return check.max_diff, tok, state
 
 
 @needs_transformers
@@ -132,6 +134,17 @@ def test_an_hf_encoding_run_exports_its_own_tokenizer(trainer_here, tmp_path, ca
     exported = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
     assert exported.get_vocab(with_added_tokens=True) == mine.get_vocab(with_added_tokens=True)
     assert exported.encode(VARIED).ids == mine.encode(VARIED).ids and exported.token_to_id("<|endoftext|>") == 0
+
+
+@needs_transformers
+def test_check_loads_the_export_back_and_says_how_close_it_is(trainer_here, tmp_path):
+    ok(trainer_here("model=gpt2", *TINY, "max_iters=4", "hydra.run.dir=run"))
+    r = ok(call_main(trainer.export.main, "run", "--to", "hf", "out", "--check", cwd=tmp_path))
+    line = r.stdout.splitlines()[-1]
+    assert re.fullmatch(r"transformers vs ours: max \|logit difference\| \d\.\d\de-\d\d over 64 positions \(float32; "
+                        r"within 0\.0001: yes\), greedy continuation of 20 tokens the same", line), line
+    r = call_main(trainer.export.main, "run", "--to", "safetensors", "out2", "--check", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.endswith("error: --check: only with --to hf\n")
 
 
 @pytest.mark.parametrize("variant, keys", [

@@ -15,6 +15,8 @@ unseen ids, so that generate never picks one. encoding=char is the exception (a 
 far too wide): its tokenizer is remapped to the model's ids instead.
 
 The weights come from the checkpoint (weights_only, like every load); `--which best` takes best.ckpt.
+`--check` (with --to hf) loads the export back with transformers and compares it with our model: the
+largest logit difference on random windows, and a greedy continuation token by token.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,6 +37,8 @@ from trainer.errors import UserError
 WEIGHTS, H_PARAMS = "model.safetensors", "h_params.json"
 CONFIG, GENERATION = "config.json", "generation_config.json"
 EMBEDDINGS = ("transformer.wte.weight", "lm_head.weight")  # the rows a vocabulary indexes
+TOLERANCE = 1e-4  # --check: the largest logit difference (float32) that counts as the same model
+NEW_TOKENS = 20  # --check: the greedy continuation compared
 
 
 def to_safetensors(source: str, out: Path, which: str = "last") -> Path:
@@ -123,6 +128,48 @@ def unseen_ids(rows: torch.Tensor, size: int) -> list[int]:
     return torch.nonzero(~seen).flatten().tolist()
 
 
+@dataclass
+class Check:
+    max_diff: float  # the largest |logit difference| over the windows
+    positions: int  # how many next-token predictions were compared
+    same_greedy: bool  # transformers' greedy continuation is ours, token for token
+
+    @property
+    def ok(self) -> bool:
+        return self.max_diff <= TOLERANCE and self.same_greedy
+
+    def line(self) -> str:
+        greedy = "the same" if self.same_greedy else "DIFFERENT"
+        return (f"transformers vs ours: max |logit difference| {self.max_diff:.2e} over {self.positions} positions "
+                f"(float32; within {TOLERANCE:g}: {'yes' if self.max_diff <= TOLERANCE else 'NO'}), "
+                f"greedy continuation of {NEW_TOKENS} tokens {greedy}")
+
+
+def check_hf(source: str, out: Path, which: str = "last", seed: int = 0) -> Check:
+    """Our model and transformers' load of its export, on the same random ids: two context-long windows
+    of the ids the model has rows for (at the tokenizer's ids on their side), and a greedy continuation
+    of NEW_TOKENS from the first 8 ids of the first window."""
+    import transformers
+
+    from trainer.generate import load_model
+
+    ours, state = load_model(source, which)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    V, T = ours.head.out_features, ours.context_length
+    rows = hf_tokenizer.model_rows(of_checkpoint(state), state.get("vocab"), V)
+    idx = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(seed))  # (B, T) our ids
+    prompt = idx[:1, :8]  # (1, 8)
+    with torch.no_grad():
+        diff = (ours(idx)[0] - theirs(rows[idx]).logits[..., rows]).abs().max().item()  # (B, T, V) ours
+        mine = rows[ours.generate(prompt, NEW_TOKENS, temperature=0)]  # (1, 8 + NEW_TOKENS)
+        greedy = theirs.generate(rows[prompt], attention_mask=torch.ones_like(prompt), do_sample=False,
+                                 max_new_tokens=NEW_TOKENS)
+    # transformers stops at the end-of-text token, where ours writes on
+    n = greedy.shape[1]
+    stopped = n == mine.shape[1] or int(greedy[0, -1]) == theirs.generation_config.eos_token_id
+    return Check(diff, idx.numel(), stopped and torch.equal(greedy, mine[:, :n]))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a run dir (its model.ckpt) or a .ckpt file")
@@ -130,7 +177,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("out", help="the dir to write into (made if missing)")
     p.add_argument("--which", choices=tuple(checkpoint.WHICH), default="last",
                    help="a run dir's latest checkpoint (model.ckpt) or its best (best.ckpt)")
+    p.add_argument("--check", action="store_true",
+                   help="with --to hf: load the export with transformers and compare its logits and greedy "
+                        "continuation with ours (exit 1 if they differ)")
     a = p.parse_args(argv)
+    if a.check and a.to != "hf":
+        p.error("--check: only with --to hf")
     try:
         if a.to == "hf":
             written = to_hf(a.checkpoint, Path(a.out), a.which)
@@ -142,6 +194,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     if a.to == "hf":
         print(f"Wrote {', '.join(written)} into {a.out}: load it with transformers' "
               f"AutoModelForCausalLM.from_pretrained({a.out!r}) and AutoTokenizer.from_pretrained({a.out!r})")
+        if a.check:
+            check = check_hf(a.checkpoint, Path(a.out), a.which)
+            print(check.line())
+            if not check.ok:
+                sys.exit(1)
     else:
         print(f"Wrote {out / WEIGHTS} and {out / H_PARAMS}")
 

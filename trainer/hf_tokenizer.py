@@ -40,13 +40,18 @@ def for_run(enc: Encoding, vocab: Optional[torch.Tensor], vocab_size: int) -> Ex
     """The tokenizer of a run whose model has vocab_size rows; vocab: each row's encoding id (None: row i is id i)."""
     import tokenizers
 
+    rows = model_rows(enc, vocab, vocab_size)
     if isinstance(enc, Char):
-        chars = vocab.tolist() if vocab is not None else list(range(vocab_size))
-        tok = char_level(chars)
-        return Exported(tok, torch.arange(vocab_size), vocab_size + 1, tok.token_to_id(EOT), UNK)
+        tok = char_level(vocab.tolist() if vocab is not None else list(range(vocab_size)))
+        return Exported(tok, rows, vocab_size + 1, tok.token_to_id(EOT), UNK)
     tok = tiktoken_bpe(enc) if isinstance(enc, Tiktoken) else tokenizers.Tokenizer.from_str(enc.saved)  # hf:
-    rows = vocab if vocab is not None else torch.arange(vocab_size)
     return Exported(tok, rows, max(enc.n_vocab, vocab_size), enc.eot_token)
+
+
+def model_rows(enc: Encoding, vocab: Optional[torch.Tensor], vocab_size: int) -> torch.Tensor:
+    """(vocab_size,) the exported tokenizer's id of each model id: the encoding's id, but for char,
+    whose tokenizer is remapped to the model's ids."""
+    return vocab if vocab is not None and not isinstance(enc, Char) else torch.arange(vocab_size)
 
 
 def tiktoken_bpe(enc: Tiktoken):
