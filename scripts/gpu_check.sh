@@ -25,9 +25,10 @@
 #                                                   one thread, ~1 minute: proves the script, measures no GPU
 # PYTHON=/path/to/python picks the interpreter (default: the repo's .venv/bin/python if there is one, else
 # python3). Knobs: GPU_CHECK_BATCH (16), GPU_CHECK_ITERS (60), GPU_CHECK_RUN_TIMEOUT (seconds per run;
-# default 300 for the compiled run, 180 for the others), GPU_CHECK_RESUME_TOL (the largest loss difference
-# that passes: 0.01 on CUDA, whose atomics-based kernels need not repeat bit for bit; 0 on CPU, where the
-# project claims bit-exact resume), GPU_CHECK_CPU_COMPILE=1 (CPU mode only: run compile=true too; a cold
+# default 300 for the compiled run, 180 for the others), GPU_CHECK_ONLY ("4 5": only those checks),
+# GPU_CHECK_RESUME_TOL (the largest loss difference that always passes: 0.01 on CUDA, whose atomics-based
+# kernels need not repeat bit for bit, so a second straight run measures their drift and up to twice that
+# passes too; 0 on CPU, where the project claims bit-exact resume), GPU_CHECK_CPU_COMPILE=1 (CPU mode only: run compile=true too; a cold
 # compile of the tiny model took 77 s on a 2-vCPU VM, so it is skipped by default).
 #
 # Dependencies. GPU boxes often have torch, numpy and tiktoken but not hydra-core, omegaconf,
@@ -343,12 +344,23 @@ def check_torchrun():
 
 
 def check_resume():
+    """On CPU the losses must be bit-identical. CUDA's bf16 kernels do not repeat bit for bit (atomics), and
+    over steps two runs drift apart whatever resume does (on the gpt2 preset, by step 40 one straight run
+    spiked back to a loss of 7.3 and another did not). So on CUDA the first eval after the resume is
+    judged, against a second straight run at that step: the resumed run passes when it is no further off
+    than twice that drift (or than RESUME_TOL). A lost optimizer or RNG state shows there at once."""
     n, half = RESUME_ITERS, RESUME_ITERS // 2
     what = f"resume: {n} steps straight vs {half} + resume=<run dir> to {n}: losses equal"
+    if not CPU:
+        what += " (within CUDA's own run-to-run drift, a second straight run's)"
     args = [*COMMON, f"eval_interval={half // 2}", f"checkpoint_interval={half}"]
     straight = Run("resume-straight", [*args, f"max_iters={n}", f"hydra.run.dir={out / 'resume-straight'}"], RUN_TIMEOUT)
+    runs = [straight]
+    if not CPU:
+        runs.append(Run("resume-straight-again", [*args, f"max_iters={n}",
+                                                  f"hydra.run.dir={out / 'resume-straight-again'}"], RUN_TIMEOUT))
     parts = Run("resume-parts", [*args, f"max_iters={half}", f"hydra.run.dir={out / 'resume-parts'}"], RUN_TIMEOUT)
-    runs = [straight, parts]
+    runs.append(parts)
     if not parts.failure():
         runs.append(Run("resume-parts-resumed", [f"resume={out / 'resume-parts'}", f"max_iters={n}", "progress=false"],
                         RUN_TIMEOUT))
@@ -357,27 +369,40 @@ def check_resume():
         record(what, runs, failed, False)
         return
     a, b = straight.rows(), straight.rows(out / "resume-parts")
-    resumed_log = runs[2].log.read_text(errors="replace")
+    resumed_log = runs[-1].log.read_text(errors="replace")
     if [r["step"] for r in a] != [r["step"] for r in b] or f"at step {half}" not in resumed_log:
         record(what, runs, f"steps differ: {[r['step'] for r in a]} vs {[r['step'] for r in b]}, or no "
-               f"'Resuming ... at step {half}' in {runs[2].log.name}", False)
+               f"'Resuming ... at step {half}' in {runs[-1].log.name}", False)
         return
     keys = ("train_loss", "valid_loss", "learning_rate")
 
     def diff(rows_a, rows_b):
         return max((abs(x[k] - y[k]) for x, y in zip(rows_a, rows_b, strict=True) for k in keys), default=0.0)
 
+    def final(name):
+        return straight.summary(out / name)["final_valid_loss"]
+
     after = [i for i, r in enumerate(a) if r["step"] > half]
     before_d = diff([a[i] for i in range(len(a)) if i not in after], [b[i] for i in range(len(b)) if i not in after])
     after_d = diff([a[i] for i in after], [b[i] for i in after])
-    final_d = abs(straight.summary()["final_valid_loss"] - straight.summary(out / "resume-parts")["final_valid_loss"])
+    final_d = abs(final("resume-straight") - final("resume-parts"))
     if after_d == 0 and final_d == 0:
         text = (f"exact: the losses of all {len(a)} rows ({len(after)} after the resume at step {half}) and the "
                 "final valid loss are bit-identical")
-    else:
+        record(what, runs, text, True)
+        return
+    if CPU:
         text = (f"max abs difference after the resume {after_d:.3g}, final valid loss {final_d:.3g} (before the "
                 f"resume, where no resume is involved: {before_d:.3g}); tolerance {RESUME_TOL:g}")
-    record(what, runs, text, max(after_d, final_d) <= RESUME_TOL)
+        record(what, runs, text, max(after_d, final_d) <= RESUME_TOL)
+        return
+    again, first = straight.rows(out / "resume-straight-again"), after[0]
+    first_d, drift = diff([a[first]], [b[first]]), diff([a[first]], [again[first]])
+    text = (f"at step {a[first]['step']}, the first eval after the resume at {half}: {first_d:.3g} off the straight "
+            f"run, where a second straight run is {drift:.3g} off (passes within max(2 x that, {RESUME_TOL:g})); "
+            f"by step {n}: {after_d:.3g} off, the second straight run "
+            f"{diff([a[i] for i in after], [again[i] for i in after]):.3g}; before the resume: {before_d:.3g}")
+    record(what, runs, text, first_d <= max(2 * drift, RESUME_TOL))
 
 
 GPT2_SHAPE = {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 128} if CPU else \
@@ -431,7 +456,10 @@ CHECKS = [("1/5 speed, compile=false", lambda: RATES.update(eager=check_speed("s
           ("3/5 torchrun", check_torchrun),
           ("4/5 resume", check_resume),
           ("5/5 finetune and export", check_finetune)]
+ONLY = os.environ.get("GPU_CHECK_ONLY", "")  # e.g. "4 5": only these checks (the rest not run)
 for label, check in CHECKS:
+    if ONLY and label.split("/")[0] not in ONLY.split():
+        continue
     print(f"[{label}]", flush=True)
     try:
         check()
