@@ -154,13 +154,16 @@ def test_a_tokenizer_that_is_not_one_is_one_line(trainer_here, tmp_path, encodin
     assert not (tmp_path / rundir.OUTPUTS).exists()
 
 
-def test_resuming_with_a_tokenizer_that_changed_since_is_refused(trainer_here, tmp_path):
+def test_resume_reads_the_checkpoints_tokenizer_once_its_file_is_gone_and_refuses_a_changed_one(trainer_here,
+                                                                                                 tmp_path):
     (tmp_path / "corpus.txt").write_text(corpus_text(500), encoding="utf-8")
     data = ["data=text", "data_path=corpus.txt"]
     ok(call_main(trainer.tokenizer.main, *data, "vocab_size=320", "out=tok", cwd=tmp_path))
-    ok(trainer_here(*TINY, *data, f"encoding={HF}", "max_iters=4", "hydra.run.dir=run"))
-    shutil.rmtree(tmp_path / "tok")
-    ok(call_main(trainer.tokenizer.main, *data, "vocab_size=300", "out=tok", cwd=tmp_path))
-    r = trainer_here("resume=run", "max_iters=8")
+    ok(trainer_here(*TINY, *data, f"encoding={HF}", "max_iters=4", "eval_interval=4", "hydra.run.dir=run"))
+    shutil.move(tmp_path / "tok", tmp_path / "moved")
+    ok(trainer_here("resume=run", "max_iters=8"))  # read with the checkpoint's copy
+    assert metrics(tmp_path / "run")[-1]["step"] == 8
+    ok(call_main(trainer.tokenizer.main, *data, "vocab_size=290", "out=tok", cwd=tmp_path))  # another, same path
+    r = trainer_here("resume=run", "max_iters=12")
     assert r.returncode == 2 and r.stderr == (f"error: resume=run: encoding={HF} is not the tokenizer the "
                                               "checkpoint was trained with (its file changed since)\n")

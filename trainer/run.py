@@ -141,8 +141,9 @@ def build_run(cfg: DictConfig, run_dir: Path, info: RunInfo, device: torch.devic
     threads = configure(device, cfg.num_threads, info.parallel_jobs * d.local_world_size)
     seed = cfg.TORCH_SEED
     torch.manual_seed(seed)
-    corpus = _with_pretrained_vocab(cfg, load_corpus(cfg, progress=plain(cfg.progress) if d.is_main else False),
-                                    resume)
+    tokenizer = resume.tokenizer_if_gone(cfg.encoding) if resume is not None else None
+    corpus = _with_pretrained_vocab(cfg, load_corpus(cfg, progress=plain(cfg.progress) if d.is_main else False,
+                                                     tokenizer=tokenizer), resume)
     h = _h_params(cfg, corpus, device, d)
     if resume is not None:
         resume.check(h, corpus.vocab, corpus.enc.saved)

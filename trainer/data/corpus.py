@@ -98,9 +98,10 @@ def split_of(tokens: Tokens, train_split: float, split: str, lut: Optional[np.nd
     return TokenSplit(tokens, start, stop, lut)
 
 
-def load_corpus(h: Mapping[str, Any], progress: Optional[bool] = None) -> Corpus:
-    """The corpus of a config (or a saved h_params): tokenized through the cache, split by position."""
-    source, enc = Source.of(h), get_encoding(h["encoding"])
+def load_corpus(h: Mapping[str, Any], progress: Optional[bool] = None, tokenizer: Optional[str] = None) -> Corpus:
+    """The corpus of a config (or a saved h_params): tokenized through the cache, split by position.
+    tokenizer: an hf encoding's JSON to read it with instead of its file (a resumed checkpoint's copy)."""
+    source, enc = Source.of(h), get_encoding(h["encoding"], tokenizer)
     tokens = load_tokens(source, enc, progress)
     counts = tokens.counts()
     present = np.flatnonzero(counts)  # sorted: a model id is the rank of its encoding id
