@@ -164,7 +164,7 @@ def cpu_name() -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000, 2000], help="corpus sizes, MB")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench-data"))
     p.add_argument("--main", type=Path, help="a checkout of the old trainer: its cold run on the first corpus")
