@@ -10,6 +10,7 @@ from helpers import SHARED_DATA, composed, metrics, run_dirs
 from omegaconf import OmegaConf
 
 from trainer import rundir
+from trainer.config import validate
 
 
 def test_the_book_preset_is_the_books_exact_run():
@@ -20,6 +21,8 @@ def test_the_book_preset_is_the_books_exact_run():
     assert {k: cfg[k] for k in book} == book
     assert cfg.optimizer == "adamw" and cfg.dtype.value == "float32"
     assert cfg.data_path.endswith("github_pr_titles.csv")
+    assert cfg.format is None  # read raw, header and all: not the csv format that data=github_pr_titles sets
+    validate(cfg)
 
 
 def test_the_smoke_preset_overrides_the_root_configs_loop_settings():
