@@ -87,6 +87,8 @@ CASES = [  # (what, overrides, the culprit the one line must name)
     ("negative time budget", ["max_time=-1"], "max_time=-1.0: must be zero (no time budget) or a positive"),
     ("negative token budget", ["max_tokens=-5"], "max_tokens=-5: must be zero or a positive integer"),
     ("negative patience", ["early_stopping_patience=-1"], "early_stopping_patience=-1: must be zero"),
+    ("a sweep's config printed", ["-m", "learning_rate=1e-3,3e-4", "--cfg", "job"],
+     "--cfg: shows one job, not a sweep (-m); drop -m to see one job's, or add plan=true"),
 ]
 
 

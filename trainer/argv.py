@@ -38,6 +38,9 @@ from trainer.sweep.overrides import is_sweep, sweep_overrides
 NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                 "--resolve", "--package", "-p"}
 
+# Flags Hydra refuses beside --multirun (it allows one mode): each shows one job.
+ONE_JOB_FLAGS = {"--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
+
 # Ranks other than 0 under torchrun: no .hydra/ dir, no train.log (the console only, warnings up).
 QUIET_RANK = ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING",
               "hydra/hydra_logging=disabled"]
@@ -90,7 +93,12 @@ def value_of(overrides: list[str], key: str) -> Optional[str]:
 
 def prepare(argv: list[str]) -> Invocation:
     """The command line for Hydra: the user's, plus the run dir, rank and resume decisions above."""
-    if any(a.split("=")[0] in NO_RUN_FLAGS for a in argv):
+    flags = {a.split("=")[0] for a in argv if a.startswith("-")}
+    if flags & {"-m", "--multirun"} and flags & ONE_JOB_FLAGS:  # else Hydra's ValueError, with a traceback
+        shown = " ".join(sorted(flags & ONE_JOB_FLAGS))
+        raise UserError(f"{shown}: shows one job, not a sweep (-m); drop -m to see one job's, or add "
+                        "plan=true to preview the sweep's jobs")
+    if flags & NO_RUN_FLAGS:
         return Invocation(argv)
     overrides = [a for a in argv if not a.startswith("-")]
     resume = value_of(overrides, "resume")
