@@ -1,6 +1,11 @@
 """What the tests share: the tiny model's overrides, running the CLI (in a child process, or in
 this one), and reading back what a run or a sweep left in its dirs (through trainer.rundir,
-as the trainer itself reads them)."""
+as the trainer itself reads them).
+
+End-to-end behaviour (a run's files, runs started together, determinism, the bit-exact resume, sweeps,
+W&B, torchrun, Ctrl-C) runs in child processes; what needs no process of its own (argv handling, config
+checks, one-line errors, resume variants, generation, compare) calls the same main() in the test
+process (`call_main`). Tests that need ../shared/data skip when it is absent."""
 
 from __future__ import annotations
 

@@ -5,8 +5,11 @@ error, `≈` on the runs within 2 standard errors of the best (not told apart fr
 hyperparameters that differ between them as columns. Runs that differ only in TORCH_SEED are
 seed replicates of one point (trainer.replicates): a table of the points, mean ± std over their
 seeds, comes first. Writes a PNG of the train and valid loss curves (per point: the mean with a
-band of ± one std) into the sweep dir, the runs' common parent, or --out. Any mix works: a sweep dir, single run dirs,
-a whole outputs/ tree. Each run is read by `trainer.rundir` (its config, metrics and summary).
+band of ± one std) into the sweep dir, the runs' common parent, or --out; the best curve is drawn
+bold, failed or unfinished runs dashed; --no-plot prints the tables only. Runs that came from different
+code get a `commit` column (summary.json's provenance, `-dirty` with uncommitted changes). Any mix works:
+a sweep dir, single run dirs, a whole outputs/ tree. Each run is read by `trainer.rundir` (its config,
+metrics and summary).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Hydra composes `conf/config.yaml` on top of `TrainConfig` (registered as `base_config`), so
 `d_model=abc` fails at compose time with the key's name. `validate()` adds the checks that
-relate values (d_model % num_heads) or ranges (dropout in [0, 1)), before any work is done.
+relate values (d_model % num_heads) or ranges (dropout in [0, 1)), before any work is done; a new
+check on a value goes there, raising UserError (one line naming the key, exit code 2).
 
 The hyperparameters sit flat at the root under the book's names; tooling settings that are
 not hyperparameters live in nested nodes (`wandb.*`) or are listed in `NOT_H_PARAMS`.

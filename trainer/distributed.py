@@ -2,6 +2,31 @@
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them everything here is a no-op and
 the trainer runs as a single process. gloo on CPU, nccl on CUDA, one device per rank.
+
+    torchrun --standalone --nproc_per_node=4 -m trainer model=small batch_size=8     # 4 GPUs
+    torchrun --standalone --nproc_per_node=gpu -m trainer model=small                 # every visible GPU
+
+Rank 0 alone writes the run dir (checkpoint, metrics.jsonl, train.log, summary.json, W&B) and prints
+the loss lines; the other ranks print warnings only. batch_size is per rank and micro-step: the
+effective batch, batch_size x gradient_accumulation_steps x world_size, is in the first log line and in
+h_params (effective_batch_size, next to world_size). Every rank draws the same global batch and trains
+on its slice (trainer.data.batches), so 2 ranks of batch_size=1, one process with batch_size=1
+gradient_accumulation_steps=2 and one with batch_size=2 train on the same windows (dropout off: the
+same loss curve). From 1 GPU to 4 at the same effective batch, divide batch_size by 4; keeping it makes
+the effective batch 4x larger (consider a larger learning_rate). On CPU the ranks share the cores
+(cores / ranks threads each), and data parallelism pays off on GPUs rather than on a small CPU.
+
+A mistake prints rank 0's one `error:` line; torchrun then adds its own failure report (and, for a
+preempted run, a traceback) and exits with 1, not 2. A Hydra sweep (-m) under torchrun is refused:
+sweep with a launcher and give each job its own devices. A run resumes with as many ranks as it had.
+
+Several machines: the same torchrun on every node, with `--nnodes=N --rdzv_backend=c10d
+--rdzv_endpoint=<a node>:29500 --rdzv_id=<a name>` alike on all. The run dir lands on the node of
+global rank 0; data_path must be readable on every node, and so must the checkpoint for resume= (a
+shared file system; name the run dir, as resume=auto looks under each node's own outputs/). If NCCL
+picks the wrong network interface, set NCCL_SOCKET_IFNAME (e.g. ib0). In a SLURM batch job, one srun
+task per node (--ntasks-per-node=1) starts torchrun there, --rdzv_endpoint the first host of
+`scontrol show hostnames "$SLURM_JOB_NODELIST"` and --rdzv_id=$SLURM_JOB_ID.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ class UserError(Exception):
 
 
 class Diverged(UserError):
-    """The loss became NaN or Inf: the run stops, the last good checkpoint stays."""
+    """The loss became NaN or Inf: the run stops, the last good checkpoint stays (its path is in the
+    line); resume from it with a lower learning rate: resume=<run dir> learning_rate=3e-4."""
 
     exit_code = 3
 

@@ -4,12 +4,18 @@ During training (trainer.train): every eval scores each split's *fixed* windows,
 from `eval_seed` (trainer.run), so every eval of every run of a sweep is scored on the same text
 whatever its TORCH_SEED; `eval_row` makes the row the trackers write. When the run ends,
 `final_eval` scores the valid split (every non-overlapping window, or `final_eval_windows` of them
-evenly spaced over a big one) and a sample of the train split: that is the run's `final_valid_loss`.
-A new eval metric goes here: compute it in `score` (or from the run in `eval_row`) and put it in
+evenly spaced over a big one) and a sample of the train split: that is the run's `final_valid_loss`,
+what summary.json, the sweep's summary.csv and jobs.csv, W&B's summary and trainer.compare report and rank
+by (`valid_loss_full` in the last row of metrics.jsonl); `best_valid_loss` stays the best of the periodic
+evals. A new eval metric goes here: compute it in `score` (or from the run in `eval_row`) and put it in
 the row.
 
 After training: `python -m trainer.evaluate RUN_DIR [...]` (`main`, below) scores a run's
-checkpoint on the whole split of its own corpus or of another file, and writes eval.json.
+checkpoint on the whole split of its own corpus or of another file (a sweep dir: every run in it). It
+prints each run's loss, its standard error, perplexity and bits per byte (on the CPU, in float32), and
+keeps each result in the run's eval.json under its split, checkpoint and data; checkpoints are only read.
+Another file scored by a compacted model (vocab_compaction=true) must hold only tokens that occur in
+the run's training corpus, else one line says so: train with vocab_compaction=false to score anything.
 
 Bits per byte = summed nats / ln 2 / the UTF-8 bytes of the scored targets: unlike the loss per
 token, it compares runs across corpora, encodings and vocab_compaction.

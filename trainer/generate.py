@@ -1,7 +1,9 @@
 """`python -m trainer.generate RUN_DIR_OR_CKPT --prompt "fix: "`: sample text from a trained model.
 
 The book's next chapter: rebuild the model from the checkpoint's h_params, load its weights
-(weights_only, so a checkpoint cannot run code), encode the prompt, sample, decode.
+(weights_only, so a checkpoint cannot run code), encode the prompt, sample, decode. A run dir means
+its model.ckpt (--which best: best.ckpt); without --prompt the text starts at a line boundary; the ids
+(mapped back from a compacted vocabulary) are decoded with the run's own tokenizer (trainer.data.encodings).
 """
 
 from __future__ import annotations

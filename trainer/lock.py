@@ -7,6 +7,9 @@ holder writes its pid, host and start time into the file for the refusal's messa
 
     error: outputs/2026-01-02/10-00-00: in use by pid 4242 on node7 since 2026-01-02 10:00:03
 
+(exit code 2, nothing touched). So of two `resume=auto` racing for one run only one trains, and a
+sweep cannot be resumed while it runs, nor twice at once.
+
 Who takes which lock: trainer.argv, for `resume=` (before Hydra writes into the dir), for a new
 sweep dir and for `-m resume=<sweep dir>`; trainer.cli's Task for each job's own dir. Under torchrun
 only rank 0 locks. `exclusive` is the blocking form, for critical sections (trainer.sweep.summary's

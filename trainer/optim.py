@@ -1,8 +1,12 @@
 """The optimizers (AdamW as in the book, Adam, SGD) and the learning-rate schedule.
 
 Adding an optimizer takes two things: an entry in `OPTIMIZERS` below (its torch class and the
-config keys it reads) and a file conf/optimizer/<name>.yaml that sets `optimizer: <name>` and
-its defaults. The config check (`trainer.config.validate`) accepts exactly the names here.
+config keys it reads) and a file conf/optimizer/<name>.yaml (`# @package _global_`, then
+`optimizer: <name>` and its defaults); `optimizer=<name>` then works and is checked: the config check
+(`trainer.config.validate`) accepts exactly the names here.
+
+The schedule: lr_schedule=constant (the book's, the default) or cosine, which peaks at learning_rate
+and decays to min_lr at max_iters; warmup_iters ramps up linearly before either.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ training steps and one eval timed (`train.train_step`, `evaluate.evaluate`, on t
 thread count); a bigger one gets its FLOPs divided by the device's peak (the GPU table, or the CPU
 rate that `device.cpu_peak_flops` measures and caches) times a typical MFU. Either way: steps x
 max_iters + evals; start-up and checkpoints are left out. The output says which estimate each job got.
+Grid sweeps only: an Optuna search, which picks its trials as it goes, is refused in one line, as is
+plan=true with resume= (which continues a run as it was).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ trained is lost and `resume=` continues exactly.
 A signal only sets a flag; the loop reads it between steps (under torchrun every rank learns
 whether any rank got one, so all stop at the same step and rank 0 saves). A second signal
 exits at once (exit code 128 + its number), as does SIGINT after any of them; the first SIGINT
-stays Ctrl-C (KeyboardInterrupt, exit code 130).
+stays Ctrl-C (KeyboardInterrupt, exit code 130, nothing saved: resume= continues from the last
+checkpoint, the last eval's by default). The same signal again within REPEAT_S is the same request.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ The steps, in the order they happen:
 3. `check_world_size` (before torchrun's process group starts) and `check` (model shape and
    vocabulary, once the corpus is read): can this run continue that one?
 4. `restore`: weights, optimizer, every RNG, step, best loss, tokens seen, evals without
-   improvement; metrics rows after the step dropped.
+   improvement and the W&B run id (a resumed run logs to the same W&B run); metrics rows after the
+   step dropped. Resuming with code at another commit warns in one line and goes on (trainer.provenance).
 """
 
 from __future__ import annotations

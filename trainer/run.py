@@ -4,6 +4,11 @@
 run exactly repeatable (seed, corpus, the same initial weights on every rank and every resume,
 optimizer, sampler), restores a checkpoint into it when resuming, and returns it as one `Run`.
 The loop (trainer.train) then only reads it and advances its step.
+
+The budgets (max_time, max_tokens, early_stopping_patience; 0 = off) end the run where the first runs
+out, or at max_iters (`Run.stop_reason`): evaluated and saved at that step, with `stopped` in
+summary.json saying which. max_tokens or max_time make a sweep compute-matched (every job stops at the
+same data or wall time); early stopping ends the jobs that stopped improving.
 """
 
 from __future__ import annotations

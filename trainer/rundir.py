@@ -10,14 +10,19 @@
     ├── summary.json                    best/final losses and the provenance, when it ends (trainer.cli)
     ├── eval.json                       scores from `python -m trainer.evaluate`
     ├── samples.md                      generations at each eval, with W&B on (trainer.samples)
+    ├── tokenizer.json                  with encoding=hf:..., the tokenizer read with (trainer.tracking)
     ├── error.txt                       a failed sweep job's one line   (trainer.sweep.summary)
     ├── train.log                       the log                         (Hydra's job logging)
     ├── .lock                           who trains in it now: pid, host, since (trainer.lock)
     └── wandb/                          W&B's files, when enabled       (trainer.tracking)
 
 A sweep dir holds Hydra's multirun.yaml (the sweep's overrides, what `-m resume=<sweep dir>` reads:
-trainer.sweep.resume) and adds summary.csv, jobs.csv and summary.md (trainer.sweep.summary) and a .lock while it runs; `trainer.compare` writes
-compare.png. A new file in the run dir gets its name here, and its reader here too.
+trainer.sweep.resume) and adds summary.csv, jobs.csv and summary.md (trainer.sweep.summary) and a .lock
+while it runs; `trainer.compare` writes compare.png. A new file in the run dir gets its name here, and
+its reader here too.
+
+A run writes only into its own dir and never changes the working directory (Hydra's job.chdir stays
+off), so relative paths (data_path, resume=, init_from=) read from where the command was typed.
 """
 
 from __future__ import annotations

@@ -8,6 +8,21 @@ W&B is imported only when enabled (the import costs about a second and patches s
 mode is set in the environment before `wandb.init` (passing it to init alone still reaches
 for the network at exit), its files live inside the run dir, and the run is always finished,
 with exit code 1 when the job failed, so the next job of a sweep starts clean.
+
+What W&B gets (wandb.enabled=true; off by default): one W&B run per job, in <run dir>/wandb/. Its config
+is the run's h_params (the flat hyperparameters under the book's names, resolved, with vocab_size,
+max_token_value and device), `point` (the overrides without TORCH_SEED: group the Runs table by it to
+average seed replicates) and `provenance`. Each eval's row is logged at step = the training step, the
+losses also against tokens_seen (their declared x-axis, so runs with other batch sizes line up at equal
+data); the whole-split scores join the last step, and the run's summary gets summary.json's numbers (a
+failed run: the best valid loss it reached). A run is named by its job's overrides and a sweep is one
+group (the sweep dir's <date>_<time>); wandb.name and wandb.group override them. A resumed run logs to
+the same W&B run (its id is in the checkpoint), a preempted one is marked preempting.
+
+W&B never blocks training: without a login (`wandb login` or WANDB_API_KEY) the default mode is offline,
+and online without a server that answers within ONLINE_INIT_TIMEOUT_S one warning says so and the run logs
+offline. `wandb sync <run dir>/wandb/offline-run-*` uploads offline runs later, from any machine with a
+network (`wandb sync --dry-run` lists what it would upload).
 """
 
 from __future__ import annotations
@@ -179,7 +194,8 @@ class WandbRun:
         named model.ckpt inside (so `trainer.generate` reads a downloaded version as it is): best.ckpt,
         when the run keeps one, with the alias `best`, then model.ckpt with `latest`, last, since W&B
         gives `latest` to the newest version. Identical files make one version with both aliases.
-        Offline, the artifact is recorded in the offline run (its files staged for `wandb sync`)."""
+        Offline, the artifact is recorded in the offline run, its files staged for `wandb sync` in W&B's
+        data dir ($WANDB_DATA_DIR, by default ~/.local/share/wandb)."""
         for name, alias in ((rundir.BEST_CKPT, "best"), (rundir.CKPT, "latest")):
             path = Path(run_dir) / name
             if not path.is_file():

@@ -7,12 +7,16 @@ An entry is three files in $TRAINER_CACHE_DIR/tokens (default ~/.cache/gpt-train
 mix): `.bin` the ids (uint16 where every id fits, else uint32: cl100k's pass 65,535),
 `.counts.npy` each id's count, and `.json` the sizes; the key hashes the source's fingerprint (its
 keys, and each file's path, size and mtime), so a changed file is never served stale and nothing is
-re-read to check it. The `.json` is written last: an entry without it is not there.
+re-read to check it. A hub dataset (data=hf, a hub name) has no files here: its key is its name, config
+and split, so when the dataset changes on the hub, delete its entry or point TRAINER_CACHE_DIR elsewhere.
+The `.json` is written last: an entry without it is not there.
 
 Safe to share. Each file is written to a temp name and renamed, so a run killed mid-tokenization
 leaves no half entry (the next one starts over). Jobs that start together on one uncached corpus
 (a sweep's jobs, torchrun's ranks, SLURM array jobs on a shared file system) tokenize it once: the
 first takes `<name>.lock` (an flock) and tokenizes, the others wait, saying so, then read its entry.
+Where flock is local to each node (old NFS), jobs on several nodes are not told apart: prepare the
+corpus first (python -m trainer.prepare), and the jobs only read.
 A failed write (a full disk) is one error line, with the partial files removed.
 """
 

@@ -1,5 +1,5 @@
 """Where the text comes from: `data_path` (a file, a directory or a glob) read in its `format`, as
-documents, streamed in segments of a few MB so that no corpus is ever held whole.
+documents, streamed in segments (about 1 MB of a raw file, or a record) so that no corpus is ever held whole.
 
     Source.of(cfg)       the data keys of a config (or of a saved h_params) as one value
     source.files()       the files behind data_path: a file; every regular file under a directory,
@@ -13,6 +13,14 @@ line), `parquet` (one column, by row groups) and `hf` (a Hugging Face dataset: a
 `save_to_disk`, or a hub name, streamed). `.gz` files are read decompressed. Each file, row or record
 is a document; `document_separator` says what comes after each: `newline`, `eot` (the encoding's
 <|endoftext|> token) or `none`.
+
+A bad source is one UserError naming data_path, the file (inside a directory or glob) and the line
+where there is one: a missing file, a directory or glob with no files, a file that is not UTF-8 text or
+holds a NUL byte (inside a directory, with a hint to pick the text files with a glob), an empty file,
+a CSV row with more fields than its header, a JSONL line that is not JSON or lacks the field, a CSV,
+parquet or dataset without the column, a truncated .gz, a Hugging Face dataset that cannot be loaded
+(offline: pass a dir saved with save_to_disk), and parquet or hf without their packages (the `data`
+extra). A FIFO, socket or device is never opened: refused as data_path, skipped under a dir or glob.
 
 A segment may only start where cutting the text leaves tiktoken's pieces as they are in the whole
 text (`safe`): after a newline, before a printable ASCII character (no piece of cl100k's pattern

@@ -17,7 +17,15 @@ The steps:
    numbers, because a launcher numbers the jobs it is handed consecutively: job N stays in dir N.
 
 Overrides typed on the resume apply to the jobs it runs, not to the finished ones (one line says
-which); the keys the sweep varies are refused, as each job is named by its value in the summary.
+which); the keys the sweep varies are refused, as each job is named by its value in the summary, and
+so are new values to sweep (start a new sweep for them) and another sweeper or sweep dir.
+
+Any launcher resumes a sweep; summary.csv, jobs.csv and summary.md are then rewritten over all its
+jobs, and a job that continues logs to its own W&B run. A sweep still running is refused (trainer.lock).
+Only the basic sweeper's sweeps resume: an Optuna search cannot (its study lived in the stopped
+process's memory). A job continues bit for bit only with the threads it trained with: the same
+launcher on the same machine gives it the same share of the cores (trainer.sweep.threads), or fix
+the count with num_threads=N.
 """
 
 from __future__ import annotations

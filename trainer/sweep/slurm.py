@@ -9,7 +9,11 @@ Hydra turns a callback's exception into a warning and goes on.
   above it is refused in one line naming the launcher keys to lower.
 - Without slurmdbd, `sacct` fails, and submitit logs "Bypassing sacct error" (and sacct its own
   "Slurm accounting storage is disabled") on every poll, every few seconds. There, the sweep skips
-  sacct (submitit then knows a job is done from its result file) and says so once.
+  sacct (submitit then knows a job is done from its result file) and says so once. A job cancelled
+  by hand (scancel) is then not noticed, and the sweep waits.
+
+A job SLURM requeues (a preemption, `scontrol requeue`) starts again in its own job dir and continues
+from the checkpoint it finds there (trainer.resume.requeued); the summary counts it once.
 """
 
 from __future__ import annotations

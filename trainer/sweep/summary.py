@@ -6,6 +6,11 @@ After every job it rewrites both files from what the job dirs hold (read by
 `trainer.rundir.read_run`), so the summary is there even when Hydra stops the sweep on a
 failed job and never calls `on_multirun_end`. Jobs may end at once in parallel processes
 (joblib, submitit): a file lock serialises the rewrites, and the last one sees every job.
+summary.md (the points, then every job) is printed when the sweep ends.
+
+A job that fails (a bad value, a diverged loss) does not stop the others of its batch (a grid sweep's
+jobs are one batch by default): it is listed as `failed` with its one-line error, which its dir keeps
+as error.txt, and the sweep exits non-zero, with that line, once the batch is done.
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ The sweeper knows how many jobs it hands the launcher at once; the jobs (in jobl
 submitit's worker processes) need to know it to take their share of the cores. The
 `SweepSummary` callback writes it into the environment at the sweep's start, which the
 workers inherit: `BATCH_ENV`.
+
+The launchers (hydra/launcher=...): by default the jobs run one after another in this process;
+`joblib` runs hydra.launcher.n_jobs of them side by side (default -1: one per core), `submitit_local`
+each in its own process through submitit, all at once, and `slurm` each as a SLURM job
+(trainer.sweep.slurm). Jobs side by side take cores // (jobs at once) threads each, instead of
+oversubscribing the cores; num_threads=N sets the count by hand (trainer.device.configure).
 """
 
 from __future__ import annotations
