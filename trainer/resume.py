@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainer import checkpoint, provenance, rundir
 from trainer.config import CONF_DIR, flatten, schema_default, with_defaults
-from trainer.data.encodings import HF, tokenizer_json
+from trainer.data.encodings import HF
 from trainer.errors import UserError
 
 if TYPE_CHECKING:
@@ -86,17 +86,13 @@ class ResumePoint:
 
     def tokenizer_if_gone(self, encoding: str) -> Optional[str]:
         """The checkpoint's copy of an hf tokenizer whose file is gone (moved or deleted since): the run
-        reads its corpus with that. A file still there is read instead, and `check` refuses it if it
-        changed."""
+        reads its corpus with that. A file still there is read instead (a broken one is its own error),
+        and `check` refuses it if it changed."""
         saved = self.state.get("tokenizer")
-        if saved is None or not encoding.startswith(HF):
+        if saved is None or not encoding.startswith(HF) or Path(encoding[len(HF):]).expanduser().exists():
             return None
-        try:
-            tokenizer_json(encoding)
-        except UserError:
-            log.warning(f"{encoding}: no such tokenizer now; reading the corpus with the checkpoint's copy")
-            return saved
-        return None
+        log.warning(f"{encoding}: no such tokenizer now; reading the corpus with the checkpoint's copy")
+        return saved
 
     def check(self, h: dict[str, Any], vocab: Optional[torch.Tensor], tokenizer: Optional[str] = None) -> None:
         """The checkpoint's model must be this run's: same tokenizer, same shape, same token ids. The
